@@ -1,0 +1,1 @@
+"""The stage library: one package per stage kind, one module per method."""

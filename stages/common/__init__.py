@@ -1,0 +1,1 @@
+"""Pieces shared by several stage kinds (formatting, checkpoint I/O, datasets)."""

@@ -1,0 +1,109 @@
+"""Artifact I/O: HF checkpoints, pruning masks and JSONL datasets.
+
+Safetensors only; ``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+MASKS_FILE = "masks.safetensors"
+DATA_FILE = "data.jsonl"
+DATASET_META = "dataset.json"
+
+
+def load_model(path: Path, dtype: Any = None, trust_remote_code: bool = False) -> Any:
+    """Load an HF causal LM from a local folder (no hub access)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=dtype or torch.float32,
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+    )
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(path), trust_remote_code=trust_remote_code, local_files_only=True
+    )
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+
+
+def save_masks(masks: dict[str, Any], out_dir: Path) -> None:
+    """Save boolean keep-masks (True = weight kept) keyed by parameter name."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.to("cpu").bool().contiguous() for k, v in masks.items()},
+              str(out_dir / MASKS_FILE))
+
+
+def load_masks(model_dir: Path) -> dict[str, Any]:
+    """Keep-masks of a sparse model, or ``{}`` for a dense one."""
+    from safetensors.torch import load_file
+
+    f = Path(model_dir) / MASKS_FILE
+    return load_file(str(f)) if f.exists() else {}
+
+
+def apply_masks(model: Any, masks: dict[str, Any]) -> None:
+    """Zero every masked-out weight in place (keeps the pruning pattern)."""
+    import torch
+
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, keep in masks.items():
+            p = params[name]
+            p.mul_(keep.to(device=p.device, dtype=p.dtype))
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_dataset(records: list[dict[str, Any]], out_dir: Path, source: str,
+                  **meta: Any) -> dict[str, Any]:
+    """Write ``data.jsonl`` + ``dataset.json`` (hash, source, count, meta)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = write_jsonl(records, out_dir / DATA_FILE)
+    digest = hashlib.sha256((out_dir / DATA_FILE).read_bytes()).hexdigest()
+    info = {"source": source, "count": n, "sha256": digest, **meta}
+    (out_dir / DATASET_META).write_text(json.dumps(info, indent=2, sort_keys=True))
+    return info
+
+
+def read_dataset(folder: Path) -> list[dict[str, Any]]:
+    """Records of a dataset artifact folder (a world's pool, a selection, ...)."""
+    f = Path(folder) / DATA_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{folder}: no {DATA_FILE}; is this a dataset artifact?")
+    return list(read_jsonl(f))
