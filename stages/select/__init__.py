@@ -1,0 +1,174 @@
+"""The ``select`` stage kind: choose the recovery-data subset of a pool.
+
+Methods (``carp methods select``): ``paser`` (He et al., arXiv 2502.12594) with
+its ablations as params, and the baselines ``random``, ``full``, ``perplexity``
+and ``ifd``. Every method returns pool indices in preference order; this module
+writes the selected records (pool ids and all fields kept, pool order), the
+selection report ``selection.json`` and its plots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.contract import Input, Registry, RunContext, StageParams, StageResult
+from stages.select.budget import check_budget, resolve_budget
+
+PROVIDES = frozenset({"dataset"})
+METHODS = Registry(
+    "select",
+    {
+        "random": "stages.select.random",
+        "full": "stages.select.full",
+        "paser": "stages.select.paser",
+        "perplexity": "stages.select.perplexity",
+        "ifd": "stages.select.ifd",
+    },
+)
+DEFAULT_METHOD = None
+REPORT_FILE = "selection.json"
+
+
+class Params(StageParams):
+    """Fields shared by every selection method."""
+
+    pool: str = Input("dataset", "Upstream stage whose data.jsonl is the pool.")
+    model: str | None = Input(
+        "model",
+        "Upstream stage holding the pruned model (needed by paser, perplexity, ifd).",
+        default=None,
+    )
+    reference: str | None = Input(
+        "model",
+        "Upstream stage holding the original, unpruned model (needed by paser).",
+        default=None,
+    )
+    budget: float | int | None = Field(
+        None,
+        description="How much to select: a fraction of the pool in (0, 1] (0.2) "
+        "or a record count >= 1 (2000). Required by every method but `full`.",
+    )
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_type(cls, v: Any) -> Any:
+        return check_budget(v)
+
+    @model_validator(mode="after")
+    def _budget_needed(self) -> Params:
+        if self.budget is None and self.method != "full":
+            raise ValueError(
+                f"budget: required for method '{self.method}'; give a fraction "
+                "in (0, 1] such as 0.2 or a record count such as 2000"
+            )
+        return self
+
+
+def require_inputs(params: Params, *names: str) -> None:
+    """Raise a clear error when a method needs model inputs that are not set."""
+    what = {"model": "the pruned model", "reference": "the original model"}
+    for name in names:
+        if getattr(params, name) is None:
+            raise ValueError(
+                f"{name}: method '{params.method}' needs {what[name]}; set "
+                f"`{name}: <upstream stage>` in the select stage"
+            )
+
+
+@dataclass
+class Selection:
+    """What a method returns: chosen pool indices (in preference order), a
+    report section, flat metrics and plot files it wrote under ``out_dir``."""
+
+    indices: list[int]
+    report: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+
+def cache_root(out_dir: Path, ctx: RunContext) -> Path:
+    """Where score caches live: the engine's persistent checkpoint folder when
+    given, else a folder inside the output (kept with the artifact)."""
+    root = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir else Path(out_dir) / "cache"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def run(
+    params: Params, inputs: dict[str, Path], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Select from ``inputs['pool']`` with ``params.method``; write the subset."""
+    from stages.common.io import read_dataset, write_dataset
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool_dir = Path(inputs["pool"])
+    pool = read_dataset(pool_dir)
+    if not pool:
+        raise ValueError(f"pool: '{pool_dir.name}' has an empty data.jsonl")
+    seed = params.seed if params.seed is not None else ctx.seed
+    n = resolve_budget(params.budget, len(pool), pool_dir.name)
+    method = METHODS.load(params.method)
+    sel = method.select(params, pool, n, inputs, out_dir, ctx, seed)
+
+    idx = sel.indices
+    if len(set(idx)) != len(idx) or len(idx) > n:
+        raise RuntimeError(f"method '{params.method}' returned an invalid selection")
+    chosen = sorted(idx)
+    records = [pool[i] for i in chosen]
+    write_dataset(
+        records,
+        out_dir,
+        source=pool_dir.name,
+        method=params.method,
+        pool_count=len(pool),
+        budget=n,
+    )
+    corrupted = sum(bool(pool[i].get("corrupted")) for i in idx)
+    pool_corrupted = sum(bool(r.get("corrupted")) for r in pool)
+    report = {
+        "method": params.method,
+        "params": params.model_dump(mode="json"),
+        "seed": seed,
+        "pool": pool_dir.name,
+        "pool_size": len(pool),
+        "budget": n,
+        "selected": len(idx),
+        "families": _count(pool[i].get("family") for i in idx),
+        "pool_families": _count(r.get("family") for r in pool),
+        "corrupted_selected": corrupted,
+        "corrupted_in_pool": pool_corrupted,
+        **sel.report,
+        "seconds_total": time.perf_counter() - t0,
+    }
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
+    metrics = {
+        "selected": float(len(idx)),
+        "selected_fraction": len(idx) / len(pool),
+        "corrupted_selected": float(corrupted),
+        "seconds": report["seconds_total"],
+        **sel.metrics,
+    }
+    return StageResult(
+        metrics=metrics,
+        plots=sel.plots,
+        datasets=["data.jsonl"],
+        artifact="dataset",
+        summary=f"{params.method}: selected {len(idx)} of {len(pool)} records "
+        f"(budget {n}) from '{pool_dir.name}'",
+        extra_manifest={"selection_report": REPORT_FILE},
+    )
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items()))
