@@ -1,0 +1,131 @@
+"""The ``prune`` stage kind: unstructured, N:M and structured pruning of a causal LM.
+
+Methods (one module each, registered below): magnitude, wanda, sparsegpt (mask
+pruning, unstructured or N:M) and width, depth (structured, a smaller dense
+model with a rewritten config). Output: an HF checkpoint, ``masks.safetensors``
+for mask pruning, and metrics with sparsity, parameter counts, time and memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.contract import Input, Registry, RunContext, StageParams, StageResult
+
+PROVIDES = frozenset({"model"})
+METHODS = Registry(
+    "prune",
+    {
+        "magnitude": "stages.prune.magnitude",
+    },
+)
+DEFAULT_METHOD = "magnitude"
+
+
+class Params(StageParams):
+    """Fields shared by every prune method; methods add their own."""
+
+    method: str = Field(DEFAULT_METHOD, description="Pruning method (`carp methods`).")
+    model: str = Input("model", "Upstream stage whose model is pruned.")
+    calib: str | None = Input(
+        "dataset",
+        "Dataset stage whose records calibrate wanda/sparsegpt/depth/taylor "
+        "(usually the world stage, whose pool is a dataset).",
+        default=None,
+    )
+    sparsity: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Fraction of the targeted weights set to zero (mask methods); "
+        "fraction of heads/channels (width) or blocks (depth) removed.",
+    )
+    pattern: str = Field(
+        "unstructured",
+        description="'unstructured' or N:M like '2:4' (keep N of every M weights "
+        "along the input dimension); N:M implies sparsity 1 - N/M.",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="fnmatch patterns of module names to prune (linear layers).",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: ["lm_head", "*embed_tokens*"],
+        description="fnmatch patterns of module names never pruned.",
+    )
+    nsamples: int = Field(128, ge=1, description="Calibration sequences.")
+    seqlen: int | None = Field(
+        None,
+        ge=2,
+        description="Tokens per calibration sequence; default "
+        "min(2048, the model's max_position_embeddings).",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Calibration sequences per forward pass of a block."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the model is loaded and saved in."
+    )
+    device: str = Field(
+        "auto",
+        description="Where each block is processed ('auto' = cuda when present, "
+        "else cpu); the model itself stays in CPU memory.",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, v: str) -> str:
+        from stages.prune.kernels import parse_pattern
+
+        parse_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_nm_sparsity(self) -> Params:
+        from stages.prune.kernels import parse_pattern
+
+        nm = parse_pattern(self.pattern)
+        if nm and "sparsity" in self.model_fields_set:
+            implied = 1 - nm[0] / nm[1]
+            if abs(self.sparsity - implied) > 1e-9:
+                raise ValueError(
+                    f"sparsity: pattern {self.pattern} implies sparsity {implied:g}; "
+                    f"drop `sparsity` or set it to {implied:g}"
+                )
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        from stages.prune.kernels import parse_pattern
+
+        return parse_pattern(self.pattern)
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.nm
+        return 1 - nm[0] / nm[1] if nm else self.sparsity
+
+
+class StructuredParams(Params):
+    """Base for methods that remove whole structures (no N:M pattern)."""
+
+    @model_validator(mode="after")
+    def _no_nm(self) -> StructuredParams:
+        if self.pattern != "unstructured":
+            raise ValueError(
+                f"pattern: {self.method} removes whole structures; N:M applies to "
+                "magnitude/wanda/sparsegpt only, so leave pattern 'unstructured'"
+            )
+        return self
+
+
+def run(
+    params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Prune ``inputs['model']`` with ``params.method`` and write the result."""
+    from stages.prune.stage import execute
+
+    return execute(params, inputs, Path(out_dir), ctx)

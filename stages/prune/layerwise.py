@@ -1,0 +1,158 @@
+"""Block-by-block calibration: run calibration inputs through decoder block i,
+let a method measure/prune it, then feed the (pruned) block's outputs to block
+i+1 (the sequential scheme of SparseGPT, Frantar & Alistarh 2023, and Wanda,
+Sun et al. 2023). Peak memory is one block on ``device`` plus two activation
+tensors of shape (nsamples, seqlen, hidden); the model stays on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from stages.prune.targets import decoder_layers
+
+
+class _Stop(Exception):
+    """Raised by the pre-hook on block 0 once its inputs are captured."""
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def _to(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_to(o, device) for o in obj)
+    return obj
+
+
+class BlockRunner:
+    """Holds the calibration activations entering the current block."""
+
+    def __init__(self, model: Any, ids: Any, device: Any, batch_size: int) -> None:
+        import torch
+
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.inps, self.kwargs = self._capture(ids)
+
+    def _capture(self, ids: Any) -> tuple[Any, dict[str, Any]]:
+        """Inputs of block 0 for every sequence, and the kwargs the decoder
+        passes to its blocks (rotary embeddings, mask), captured at batch 1 so
+        they broadcast over any batch."""
+        import torch
+
+        decoder = self.model.get_decoder()
+        others = [c for c in decoder.children() if c is not self.layers]
+        for c in others:
+            c.to(self.device)
+        hidden: list[Any] = []
+        kwargs: dict[str, Any] = {}
+
+        def hook(_mod: Any, args: tuple, kw: dict[str, Any]) -> None:
+            hidden.append(args[0] if args else kw["hidden_states"])
+            if not kwargs:
+                kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+            raise _Stop
+
+        handle = self.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for row in ids:
+                    with contextlib.suppress(_Stop):
+                        self.model(row[None].to(self.device), use_cache=False)
+        finally:
+            handle.remove()
+            for c in others:
+                c.to("cpu")
+        kwargs = {k: _to(v, self.device) for k, v in kwargs.items()}
+        return torch.cat(hidden).to(self.device), kwargs
+
+    def load(self, i: int) -> Any:
+        """Block ``i`` moved to the processing device."""
+        return self.layers[i].to(self.device)
+
+    def forward(self, block: Any) -> Any:
+        """Outputs of ``block`` for all current inputs, in batches."""
+        import torch
+
+        outs = torch.empty_like(self.inps)
+        with torch.no_grad():
+            for s in range(0, len(self.inps), self.batch_size):
+                x = self.inps[s : s + self.batch_size]
+                outs[s : s + self.batch_size] = _first(block(x, **self.kwargs))
+        return outs
+
+    def collect(
+        self, block: Any, modules: dict[str, Any], make: Callable[[Any], Any]
+    ) -> dict[str, Any]:
+        """Run the block once with a forward hook on each module feeding its
+        input (..., in_features) to an accumulator ``make(module)``; returns
+        them by name."""
+        accs = {name: make(mod) for name, mod in modules.items()}
+        handles = [
+            mod.register_forward_hook(
+                lambda _m, inp, _out, a=accs[name]: a.add(inp[0].detach())
+            )
+            for name, mod in modules.items()
+        ]
+        try:
+            self.forward(block)
+        finally:
+            for h in handles:
+                h.remove()
+        return accs
+
+    def advance(self, i: int, outs: Any) -> None:
+        """Make ``outs`` the next block's inputs; move block ``i`` back to CPU."""
+        self.layers[i].to("cpu")
+        self.inps = outs
+
+
+def resolve_device(device: str) -> Any:
+    """'auto' -> cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def prune_blockwise(
+    model: Any,
+    groups: list[dict[str, Any]],
+    ids: Any,
+    params: Any,
+    ctx: Any,
+    make: Callable[[Any], Any],
+    prune: Callable[[Any, Any], Any],
+    desc: str,
+) -> dict[str, Any]:
+    """Calibrate and prune each block's selected linears in turn.
+
+    ``make(linear)`` builds an input-statistics accumulator; ``prune(weight,
+    acc)`` returns ``(new_weight, keep_mask)``. Returns keep-masks by module name.
+    """
+    import torch
+
+    runner = BlockRunner(model, ids, resolve_device(params.device), params.batch_size)
+    masks: dict[str, Any] = {}
+    for i in ctx.progress(range(len(runner.layers)), desc=desc):
+        block = runner.load(i)
+        if groups[i]:
+            accs = runner.collect(block, groups[i], make)
+            with torch.no_grad():
+                for name, lin in groups[i].items():
+                    w, keep = prune(lin.weight.data, accs.pop(name))
+                    lin.weight.data.copy_(w.to(lin.weight.dtype))
+                    masks[name] = keep.cpu()
+        runner.advance(i, runner.forward(block))
+    return masks

@@ -1,0 +1,126 @@
+"""The prune stage body: load, call the method, save, report (see __init__.run)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.contract import RunContext, StageResult
+from stages.prune.calib import Calibration
+from stages.prune.targets import Pruned
+
+_BLOCK = re.compile(r"\.layers\.(\d+)\.")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def sparsity_metrics(
+    model: Any, names: list[str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Zero fraction of the pruned weights: global, per decoder block (metrics)
+    and per module (manifest)."""
+    mods = dict(model.named_modules())
+    per_module: dict[str, float] = {}
+    blocks: dict[int, list[int]] = {}
+    zeros = total = 0
+    for name in names:
+        w = mods[name].weight
+        z, n = int((w == 0).sum()), w.numel()
+        per_module[name] = z / n
+        zeros, total = zeros + z, total + n
+        m = _BLOCK.search(name)
+        if m:
+            acc = blocks.setdefault(int(m.group(1)), [0, 0])
+            acc[0] += z
+            acc[1] += n
+    metrics = {"sparsity": zeros / total if total else 0.0}
+    metrics.update(
+        {f"sparsity.layer_{i}": z / n for i, (z, n) in sorted(blocks.items())}
+    )
+    return metrics, per_module
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    """The model folder's tokenizer, or None when it ships without one."""
+    from stages.common.io import load_tokenizer
+
+    has_tok = any(
+        (model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    return load_tokenizer(model_dir) if has_tok else None
+
+
+def execute(
+    params: Any, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    import torch
+
+    from stages.common import io
+    from stages.prune import METHODS
+
+    t0 = time.perf_counter()
+    seed = params.seed if params.seed is not None else ctx.seed
+    torch.manual_seed(seed)
+    method = METHODS.load(params.method)
+    model_dir = Path(inputs["model"])
+    model = io.load_model(model_dir, dtype=getattr(torch, params.dtype))
+    model.eval()
+    tok = _tokenizer(model_dir)
+    max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
+    calib_dir = inputs.get("calib")
+    calib = Calibration(
+        Path(calib_dir) if calib_dir else None,
+        tok,
+        params.nsamples,
+        params.seqlen or min(2048, max_pos),
+        seed,
+    )
+    before = sum(p.numel() for p in model.parameters())
+
+    result: Pruned = method.apply(model, params, calib, ctx)
+
+    after = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    io.save_model(model, tok, out_dir)
+    masks = {f"{k}.weight": v for k, v in result.masks.items()}
+    if masks:
+        io.save_masks(masks, out_dir)
+    metrics: dict[str, float] = {
+        "params_before": float(before),
+        "params_after": float(after),
+        "params_nonzero_after": float(nonzero),
+        "params_removed_frac": 1 - after / before,
+    }
+    per_module: dict[str, float] = {}
+    if not result.structured:
+        sp, per_module = sparsity_metrics(model, list(result.masks))
+        metrics.update(sp)
+    metrics.update(result.metrics)
+    metrics["time_s"] = time.perf_counter() - t0
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available():
+        metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    manifest = {
+        "method": params.method,
+        "pattern": params.pattern,
+        "nm": list(params.nm) if params.nm else None,
+        "masks_file": io.MASKS_FILE if masks else None,
+        "calibration": calib.fingerprint,
+        "sparsity_per_module": per_module,
+        **result.manifest,
+    }
+    summary = (
+        f"{params.method}: params {before:,} -> {after:,} "
+        f"(nonzero {nonzero:,}), {metrics['time_s']:.1f}s, "
+        f"peak RSS {metrics['peak_rss_mb']:.0f} MiB"
+    )
+    return StageResult(metrics=metrics, summary=summary, extra_manifest=manifest)
