@@ -1,0 +1,99 @@
+"""The ``world`` stage kind: the embedded synthetic capability world.
+
+One method, ``synthetic`` (the default): seeded task families
+(``stages.world.families``), disjoint splits, fictitious facts with forget /
+retain sets and a tokenizer trained on the world's text. The ``pretrain`` kind
+(``stages.world.pretrain``) trains the tiny base model on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from pipelines.contract import Registry, RunContext, StageParams, StageResult
+from stages.world.families import FAMILIES, unknown_family_message
+
+PROVIDES = frozenset({"world", "dataset", "tokenizer"})
+METHODS = Registry("world", {"synthetic": "stages.world.synthetic"})
+DEFAULT_METHOD = "synthetic"
+
+
+class Params(StageParams):
+    """World size and content; defaults are the ones the base model is tuned on."""
+
+    families: tuple[str, ...] = Field(
+        tuple(FAMILIES),
+        description="Task families to generate (default: all registered ones).",
+    )
+    pool_size: int = Field(
+        3000,
+        ge=0,
+        le=10_000_000,
+        description="Records in the recovery pool data.jsonl, split over families "
+        "(closed families stop early when their spare phrasings run out).",
+    )
+    eval_per_family: int = Field(
+        50, ge=1, le=100_000, description="Held-out eval records per family."
+    )
+    pretrain_size: int = Field(
+        30000,
+        ge=1,
+        le=10_000_000,
+        description="Records in pretrain.jsonl (the base model's training data).",
+    )
+    ppl_size: int = Field(
+        180,
+        ge=0,
+        le=1_000_000,
+        description="Held-out records rendered as documents into ppl.txt.",
+    )
+    facts: int = Field(
+        48,
+        ge=2,
+        le=5000,
+        description="Fictitious people in the facts family (3 facts each).",
+    )
+    forget_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Fraction of the fictitious people whose facts form forget.jsonl.",
+    )
+    noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of pool records given a wrong answer or a "
+        "contradicting fact, each flagged `corrupted: true`.",
+    )
+    vocab_size: int = Field(
+        1024,
+        ge=300,
+        le=65536,
+        description="BPE vocabulary size of the tokenizer (>= 259: 256 bytes + 3 "
+        "specials).",
+    )
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _known_families(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list | tuple) or not v:
+            raise ValueError("families: give a non-empty list such as [add, facts]")
+        for name in v:
+            if name not in FAMILIES:
+                raise ValueError(f"families: {unknown_family_message(str(name))}")
+        if len(set(v)) != len(v):
+            raise ValueError("families: each family may be listed only once")
+        return tuple(v)
+
+
+def run(
+    params: Params, inputs: dict[str, Path], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Build the world into ``out_dir`` with the method named by ``params``."""
+    return METHODS.load(params.method).build(params, out_dir, ctx)

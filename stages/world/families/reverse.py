@@ -1,0 +1,37 @@
+"""String reversal of 3-5 spaced letters, e.g. "Reverse: d k a" -> "a k d"."""
+
+from __future__ import annotations
+
+import random
+from typing import ClassVar
+
+from stages.world.families.base import (
+    Family,
+    Problem,
+    Template,
+    random_letters,
+    shuffled_wrong,
+    spaced,
+)
+
+
+class Reverse(Family):
+    name: ClassVar[str] = "reverse"
+    templates: ClassVar[tuple[Template, ...]] = (
+        Template("Reverse the letters.", "{s}"),
+        Template("Write {s} backwards."),
+        Template("What is {s} in reverse order?"),
+        Template("Reverse this sequence: {s}"),
+        Template("Spell the letters from right to left.", "{s}"),
+        Template("Read {s} from the end."),
+    )
+
+    def sample(self, rng: random.Random) -> Problem:
+        s = random_letters(rng, 3, 5)
+        return Problem((s,), {"s": spaced(s)}, spaced(s[::-1]))
+
+    def wrong_answer(self, rng: random.Random, problem: Problem) -> str:
+        return shuffled_wrong(rng, problem.answer)
+
+
+FAMILY = Reverse
