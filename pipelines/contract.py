@@ -131,7 +131,9 @@ class Registry:
 
     def load(self, name: str) -> Any:
         if name not in self._entries:
-            raise UnknownMethod(f"unknown {self.kind} method '{name}': " + self.suggest(name))
+            raise UnknownMethod(
+                f"unknown {self.kind} method '{name}': " + self.suggest(name)
+            )
         return importlib.import_module(self._entries[name])
 
     def describe(self, name: str) -> str:

@@ -12,6 +12,7 @@ from types import ModuleType
 KINDS: dict[str, str] = {
     "world": "stages.world",
     "pretrain": "stages.world.pretrain",
+    "pretrained": "stages.pretrained",
     "prune": "stages.prune",
     "select": "stages.select",
     "recover": "stages.recover",

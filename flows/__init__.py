@@ -1,0 +1,1 @@
+"""Prefect flows built from carp declarations (imports prefect: load lazily)."""

@@ -1,0 +1,190 @@
+"""`carp validate | compile | stage | run | serve | methods | report`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipelines.spec import DeclarationError
+
+DEFAULT_FILE = "params.yaml"
+
+
+def _load_graph(path: str):  # -> Graph
+    from pipelines.graph import build
+    from pipelines.spec import load
+
+    return build(load(path))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    graph = _load_graph(args.file)
+    names = list(graph.nodes)
+    print(
+        f"{args.file}: OK — {len(graph.decl.stages)} stages, {len(names)} nodes: "
+        + ", ".join(names)
+    )
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines import dvc
+
+    graph = _load_graph(args.file)
+    root = Path.cwd()
+    out = Path(args.output)
+    text = dvc.render(dvc.compile_graph(graph, args.file, root), args.file)
+    if args.check:
+        current = out.read_text() if out.exists() else ""
+        if current != text:
+            print(
+                f"{out} is stale: run `carp compile {args.file}` and commit it",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{out} is up to date with {args.file}")
+        return 0
+    dvc.write(graph, args.file, root, out)
+    print(f"wrote {out} ({len(graph.nodes)} stages)")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipelines.runtime import Layout, StageError, open_lineage, run_node
+
+    graph = _load_graph(args.file)
+    if args.name not in graph.nodes:
+        from pipelines.spec import did_you_mean
+
+        print(
+            f"no stage '{args.name}' in {args.file}"
+            f"{did_you_mean(args.name, list(graph.nodes))}",
+            file=sys.stderr,
+        )
+        return 2
+    layout = Layout(Path.cwd())
+    lineage, parent = (None, None)
+    if not args.no_track:
+        lineage, parent = open_lineage(graph, layout, reuse=True)
+    try:
+        run_node(graph, args.name, layout, lineage, parent, force=True)
+    except StageError as e:
+        print(f"carp: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline
+
+    _load_graph(args.file)  # validate before Prefect starts
+    run_pipeline(args.file, root=Path.cwd(), track=not args.no_track, force=args.force)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.pipeline import serve
+
+    _load_graph(args.file)
+    serve(args.file, cron=args.cron, name=args.name)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from pipelines.kinds import KINDS, load_kind
+
+    kinds = [args.kind] if args.kind else list(KINDS)
+    for kind in kinds:
+        mod = load_kind(kind)
+        print(f"{kind}:")
+        for name in mod.METHODS.names():
+            print(f"  {name:<14} {mod.METHODS.describe(name)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.runtime import Layout
+
+    graph = _load_graph(args.file)
+    layout = Layout(Path.cwd())
+    shown = 0
+    for node in graph.nodes.values():
+        table = layout.out(node.name) / "table.md"
+        if node.kind == "evaluate" and table.exists():
+            print(f"## {node.name}\n\n{table.read_text()}")
+            shown += 1
+    if not shown:
+        print(
+            "no evaluation tables yet: run `dvc repro` or `carp run` first",
+            file=sys.stderr,
+        )
+        return 1
+    uri = f"sqlite:///{(layout.home / 'mlflow.db').resolve()}"
+    print(
+        f"MLflow UI: mlflow ui --backend-store-uri {uri} "
+        f"--default-artifact-root {(layout.home / 'mlartifacts').resolve()}"
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carp", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check a pipeline file before any compute")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("compile", help="write dvc.yaml from a pipeline file")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument("-o", "--output", default="dvc.yaml")
+    s.add_argument("--check", action="store_true", help="fail if dvc.yaml is stale")
+    s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("stage", help="run one stage (what dvc repro calls)")
+    s.add_argument("name")
+    s.add_argument("--file", default=DEFAULT_FILE)
+    s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("run", help="run a pipeline as a Prefect flow")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.add_argument("--force", action="store_true", help="re-run unchanged stages")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("serve", help="serve the flow on a cron schedule (Prefect)")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+    s.add_argument("--name", default=None, help="deployment name")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("methods", help="list registered methods")
+    s.add_argument("kind", nargs="?", default=None)
+    s.set_defaults(fn=cmd_methods)
+
+    s = sub.add_parser("report", help="print the evaluation tables")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="carp: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DeclarationError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except KeyError as e:
+        if args.command == "methods":
+            print(f"carp: {e.args[0]}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

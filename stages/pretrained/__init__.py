@@ -1,0 +1,43 @@
+"""`pretrained`: bring a local Hugging Face checkpoint into a pipeline.
+
+The checkpoint is linked, not copied, when ``link: true`` (large models): the
+output folder then holds symlinks to the source files, so downstream stages load
+it like any model artifact while the weights stay where they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from pipelines.contract import Registry, RunContext, StageParams, StageResult
+
+PROVIDES = frozenset({"model", "tokenizer"})
+METHODS = Registry("pretrained", {"local": "stages.pretrained.local"})
+DEFAULT_METHOD = "local"
+
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
+
+
+class Params(StageParams):
+    path: str = Field(..., description="Local folder of an HF causal-LM checkpoint.")
+    link: bool = Field(
+        True, description="Symlink files instead of copying them (large models)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow the checkpoint's own modelling code (off by default)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give the checkpoint folder, e.g. /models/llama-2-7b")
+        return v
+
+
+def run(params: Params, inputs: dict, out_dir: Path, ctx: RunContext) -> StageResult:
+    from stages.pretrained.local import bring
+
+    return bring(params, out_dir)

@@ -1,0 +1,39 @@
+"""Adds ``offset`` to every record's value (toy transform)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.contract import Input, Registry, StageParams, StageResult
+
+PROVIDES = frozenset({"dataset"})
+METHODS = Registry("toyadd", {"plus": "_toy.add"})
+DEFAULT_METHOD = "plus"
+
+
+class Params(StageParams):
+    method: Literal["plus"] = "plus"
+    data: str = Input("dataset", "Upstream dataset.")
+    extra: list[str] = Input("dataset", "More datasets (list input).", default=[])
+    offset: int = Field(1, description="Added to each value.")
+
+
+def run(params, inputs, out_dir, ctx):
+    from stages.common.io import read_dataset, write_dataset
+
+    recs = read_dataset(inputs["data"])
+    for r in recs:
+        r["value"] += params.offset
+    write_dataset(recs, out_dir, source=inputs["data"].name)
+    plot = out_dir / "plots" / "values.csv"
+    plot.parent.mkdir()
+    plot.write_text(
+        "i,value\n" + "".join(f"{i},{r['value']}\n" for i, r in enumerate(recs))
+    )
+    for step in range(3):
+        ctx.log_metrics({"loss": 1.0 / (step + 1)}, step)
+    return StageResult(
+        metrics={"total": sum(r["value"] for r in recs)},
+        plots=["plots/values.csv"],
+        artifact="dataset",
+    )
