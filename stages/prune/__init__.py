@@ -20,6 +20,8 @@ METHODS = Registry(
     "prune",
     {
         "magnitude": "stages.prune.magnitude",
+        "wanda": "stages.prune.wanda",
+        "sparsegpt": "stages.prune.sparsegpt",
     },
 )
 DEFAULT_METHOD = "magnitude"

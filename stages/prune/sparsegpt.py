@@ -1,0 +1,145 @@
+"""SparseGPT: OBS-style layer-wise pruning with weight reconstruction from the
+inverse Hessian of calibration inputs, blocked and damped (Frantar & Alistarh
+2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from stages.prune import Params as KindParams
+from stages.prune.targets import Pruned, linears_by_block
+
+
+class Params(KindParams):
+    method: Literal["sparsegpt"] = "sparsegpt"
+    blocksize: int = Field(
+        128, ge=1, description="Columns pruned together (lazy batch updates)."
+    )
+    percdamp: float = Field(
+        0.01, gt=0, description="Damping added to diag(H), as a fraction of its mean."
+    )
+
+    @model_validator(mode="after")
+    def _block_multiple_of_m(self) -> Params:
+        if self.nm and self.blocksize % self.nm[1]:
+            raise ValueError(
+                f"blocksize: {self.blocksize} must be a multiple of M={self.nm[1]} "
+                f"for pattern {self.pattern}"
+            )
+        return self
+
+
+class Hessian:
+    """H = 2/n sum_t x_t x_t^T over the n calibration tokens seen by a linear."""
+
+    def __init__(self, linear: Any) -> None:
+        import torch
+
+        d = linear.in_features
+        self.h = torch.zeros(d, d, dtype=torch.float32, device=linear.weight.device)
+        self.n = 0
+
+    def add(self, x: Any) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.h.addmm_(x.T, x)
+        self.n += x.shape[0]
+
+    def value(self) -> Any:
+        return self.h * (2 / max(self.n, 1))
+
+
+def _upper_inverse_cholesky(h: Any, percdamp: float) -> Any:
+    """Upper Cholesky factor of (H + λI)^-1; λ grows tenfold until H is PD."""
+    import torch
+
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    damp = percdamp * torch.mean(torch.diag(h))
+    for _ in range(6):
+        chol, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if not info:
+            return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+        damp = damp * 10
+    raise ValueError(
+        "percdamp: the calibration Hessian stays singular even with 1e5x damping; "
+        "raise percdamp or give more calibration samples"
+    )
+
+
+def sparsegpt_prune(
+    weight: Any,
+    hessian: Any,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[Any, Any]:
+    """Prune ``weight`` (rows, cols) given H (cols, cols); returns the
+    reconstructed weight (float32) and its keep-mask.
+
+    Unstructured: in each block of ``blocksize`` columns the ``floor(s * n)``
+    entries with the lowest OBS saliency w^2 / [H^-1]_jj^2 are pruned. N:M:
+    the N highest-saliency of every M columns are kept, chosen when reached.
+    Pruning a column spreads its error over the not-yet-pruned columns.
+    """
+    import torch
+
+    from stages.prune.kernels import keep_mask_layer, keep_mask_nm
+
+    w = weight.detach().clone().float()
+    h = hessian.clone()
+    dead = torch.diag(h) == 0  # inputs never active: their weights do nothing
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    hinv = _upper_inverse_cholesky(h, percdamp)
+    rows, cols = w.shape
+    keep = torch.ones_like(w, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1)
+        keep1 = (
+            torch.ones_like(w1, dtype=torch.bool)
+            if nm
+            else keep_mask_layer(w1**2 / d[None, :] ** 2, sparsity)
+        )
+        for i in range(i2 - i1):
+            if nm and i % nm[1] == 0:
+                sal = w1[:, i : i + nm[1]] ** 2 / d[None, i : i + nm[1]] ** 2
+                keep1[:, i : i + nm[1]] = keep_mask_nm(sal, *nm)
+            col = w1[:, i]
+            q = col * keep1[:, i]
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            q1[:, i] = q
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        keep[:, i1:i2] = keep1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w, keep
+
+
+def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
+    """Prune the selected linears block by block with reconstruction."""
+    from stages.prune.layerwise import prune_blockwise
+
+    groups = linears_by_block(model, params.include, params.exclude, "sparsegpt")
+    sparsity, nm = params.target_sparsity, params.nm
+
+    def prune(w: Any, acc: Hessian) -> tuple[Any, Any]:
+        return sparsegpt_prune(
+            w, acc.value(), sparsity, nm, params.blocksize, params.percdamp
+        )
+
+    ids = calib.ids("sparsegpt")
+    masks = prune_blockwise(
+        model, groups, ids, params, ctx, Hessian, prune, "sparsegpt blocks"
+    )
+    return Pruned(
+        masks=masks,
+        manifest={"blocksize": params.blocksize, "percdamp": params.percdamp},
+    )
