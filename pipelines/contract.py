@@ -137,5 +137,8 @@ class Registry:
         return importlib.import_module(self._entries[name])
 
     def describe(self, name: str) -> str:
-        doc = (self.load(name).__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
+        """First sentence of the method module's docstring (one line)."""
+        para = (self.load(name).__doc__ or "").strip().split("\n\n")[0]
+        text = " ".join(para.split())
+        cut = text.find(". ")
+        return text[: cut + 1] if cut > 0 else text

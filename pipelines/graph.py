@@ -86,7 +86,9 @@ def build(decl: Declaration) -> Graph:
         sd = decl.stages[sname]
         proto = sd.variants[0][1]
         in_fields = type(proto).input_fields()
-        scalar = [f for f in in_fields if not isinstance(getattr(proto, f), list)]
+        scalar = [
+            f for f in in_fields if not isinstance(getattr(proto, f), list | tuple)
+        ]
         scalar = [f for f in scalar if getattr(proto, f) is not None]
         options = [
             [(n.name, n.origin) for n in by_stage[getattr(proto, f)]] for f in scalar
@@ -100,7 +102,7 @@ def build(decl: Declaration) -> Graph:
                 )
                 for f in in_fields:
                     value = getattr(params, f)
-                    if isinstance(value, list):
+                    if isinstance(value, list | tuple):
                         inputs[f] = [n.name for ref in value for n in by_stage[ref]]
                 suffix = "-".join(lbl for _, lbl in full_origin)
                 name = f"{sname}@{suffix}" if suffix else sname

@@ -1,0 +1,82 @@
+"""The DVC compiler: golden output, block style, staleness of the root dvc.yaml."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipelines import dvc
+from pipelines.graph import build
+from pipelines.spec import load, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).with_name("golden_dvc.yaml")
+TOY = {
+    "pipeline": "toy",
+    "stages": {
+        "src": {"kind": "toysrc", "matrix": {"n": [2, 3]}},
+        "add": {"kind": "toyadd", "data": "src", "offset": 5},
+        "all": {"kind": "toyadd", "data": "src", "extra": ["add"], "seeds": [0]},
+    },
+}
+
+
+def toy_text():
+    graph = build(validate(TOY))
+    return dvc.render(dvc.compile_graph(graph, "params.yaml", ROOT), "params.yaml")
+
+
+def test_toy_pipeline_matches_golden(toy_kinds):
+    text = toy_text()
+    if not GOLDEN.exists():  # first run writes the golden file for review
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_compiled_yaml_is_block_style_and_wires_variants(toy_kinds):
+    text = toy_text()
+    assert "[" not in text and "{" not in text.replace("${", "")
+    doc = yaml.safe_load(text)["stages"]
+    add = doc["add"]
+    assert add["foreach"] == {
+        "2": {"node": "add@2", "data": "src@2"},
+        "3": {"node": "add@3", "data": "src@3"},
+    }
+    assert add["do"]["cmd"] == "carp stage add@${key}"
+    assert add["do"]["deps"][0] == "artifacts/${item.data}"
+    assert add["do"]["params"] == ["stages.add"]
+    assert add["do"]["outs"] == ["artifacts/add@${key}"]
+    # list inputs take every variant; a stage fanned out by its own seeds only
+    all_ = doc["all"]["foreach"]
+    assert set(all_) == {"2-s0", "3-s0"}
+    assert "artifacts/add@2" in doc["all"]["do"]["deps"]
+    assert "artifacts/add@3" in doc["all"]["do"]["deps"]
+
+
+def test_root_dvc_yaml_is_current():
+    graph = build(load(ROOT / "params.yaml"))
+    text = dvc.render(dvc.compile_graph(graph, "params.yaml", ROOT), "params.yaml")
+    assert (ROOT / "dvc.yaml").read_text() == text, (
+        "dvc.yaml is stale: run `carp compile params.yaml` and commit it"
+    )
+
+
+def test_compile_check_exit_codes(tmp_path):
+    carp = [sys.executable, "-m", "pipelines.cli"]
+    ok = subprocess.run(
+        carp + ["compile", "params.yaml", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text("stages: {}\n")
+    bad = subprocess.run(
+        carp + ["compile", "params.yaml", "--check", "-o", str(stale)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "stale" in bad.stderr
