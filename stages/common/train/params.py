@@ -1,0 +1,116 @@
+"""Training fields shared by every stage kind that trains (recover, unlearn)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.contract import StageParams
+
+
+class DeepSpeedParams(BaseModel):
+    """Settings of a ``launcher: deepspeed`` run (ZeRO, Rajbhandari et al. 2020)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_gpus: int | None = Field(
+        None,
+        ge=1,
+        description="Ranks per node (GPUs, or CPU processes without CUDA); "
+        "None = every visible GPU.",
+    )
+    num_nodes: int = Field(1, ge=1, description="Nodes to run on (needs `hostfile`).")
+    hostfile: str | None = Field(
+        None, description="DeepSpeed hostfile (`host slots=N` lines) for multi-node."
+    )
+    zero_stage: Literal[1, 2, 3] = Field(
+        2,
+        description="ZeRO stage: 1 shards optimizer state, 2 also gradients, "
+        "3 also parameters (weights are gathered on save).",
+    )
+    offload_optimizer: bool = Field(
+        False, description="Keep optimizer state in CPU memory (ZeRO-Offload)."
+    )
+    offload_params: bool = Field(
+        False, description="Keep parameters in CPU memory (ZeRO-3 only)."
+    )
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="Rendezvous port; None = a free one."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra DeepSpeed config keys merged over the resolved config.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DeepSpeedParams:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                "deepspeed.offload_params needs deepspeed.zero_stage: 3 "
+                f"(got {self.zero_stage}); set zero_stage: 3 or offload_params: false"
+            )
+        if self.num_nodes > 1 and not self.hostfile:
+            raise ValueError(
+                f"deepspeed.num_nodes is {self.num_nodes}: name the machines in "
+                "deepspeed.hostfile"
+            )
+        return self
+
+
+class TrainParams(StageParams):
+    """Optimisation, batching, precision, checkpointing and launcher fields."""
+
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the data (ignored when `steps` is set)."
+    )
+    steps: int | None = Field(
+        None, ge=1, description="Optimizer steps; overrides `epochs` when set."
+    )
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    warmup: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of the steps spent warming up."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm; None = no clipping."
+    )
+    micro_batch: int = Field(8, ge=1, description="Examples per forward pass per rank.")
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step per rank."
+    )
+    max_len: int = Field(
+        256, ge=8, description="Tokens per example (prompt is cut from the left)."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Training precision; fp16 needs `launcher: deepspeed` "
+        "(loss scaling).",
+    )
+    checkpoint_every: int = Field(
+        50,
+        ge=0,
+        description="Optimizer steps between resumable checkpoints (0 = none).",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    launcher: Literal["none", "deepspeed"] = Field(
+        "none",
+        description="`none` trains in this process; `deepspeed` runs the "
+        "DeepSpeed launcher as a subprocess.",
+    )
+    deepspeed: DeepSpeedParams = Field(
+        default_factory=DeepSpeedParams,
+        description="DeepSpeed settings, read when `launcher: deepspeed`.",
+    )
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> TrainParams:
+        if self.precision == "fp16" and self.launcher != "deepspeed":
+            raise ValueError(
+                "precision: fp16 needs loss scaling: set launcher: deepspeed, or use "
+                "precision: bf16 / fp32"
+            )
+        return self

@@ -1,0 +1,85 @@
+"""recover: train a pruned model back (full fine-tune, LoRA or distillation),
+keeping its sparsity pattern, in-process or under the DeepSpeed launcher.
+
+Checkpoints go to ``ctx.checkpoint_dir`` (the engine's ``checkpoints/<name>``,
+persisted by DVC); a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipelines.contract import Input, Registry, RunContext, StageResult
+from stages.common.train.params import TrainParams
+
+PROVIDES = frozenset({"model"})
+RESUMABLE = True
+DEFAULT_METHOD = "full"
+BUILDER = "stages.recover.task:build"
+METHODS = Registry(
+    "recover",
+    {
+        "full": "stages.recover.full",
+    },
+)
+
+
+class Params(TrainParams):
+    """Fields every recover method accepts."""
+
+    method: str = Field("full", description="Recovery method (`carp methods`).")
+    model: str = Input("model", "Upstream stage whose (pruned) model is trained.")
+    data: str = Input("dataset", "Upstream stage whose data.jsonl is trained on.")
+    teacher: str | None = Input(
+        "model", "Upstream stage of the unpruned teacher (distill only).", default=None
+    )
+    mask: Literal["keep", "infer", "none"] = Field(
+        "keep",
+        description="`keep`: zeros named by masks.safetensors stay zero; "
+        "`infer`: every exact zero of a 2-D weight stays zero (inputs without a "
+        "mask file); `none`: train dense.",
+    )
+
+
+def provides(params: Params) -> frozenset[str]:
+    """Artifact kinds of this stage's output for these params."""
+    if getattr(params, "save_adapter", False):
+        return PROVIDES | {"adapter"}
+    return PROVIDES
+
+
+def run(
+    params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Train ``inputs['model']`` on ``inputs['data']``; write an HF checkpoint
+    (+ masks.safetensors for sparse inputs), a loss curve and metrics."""
+    from stages.common.train.launch import execute, make_job, write_curve
+
+    seed = params.seed if params.seed is not None else ctx.seed
+    job = make_job(
+        BUILDER, "recover", params, inputs, out_dir, ctx.checkpoint_dir, seed
+    )
+    result = execute(job, ctx)
+    history = result.pop("history")
+    plots = write_curve(history, out_dir)
+    metrics = {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    summary = (
+        f"recover/{params.method}: {metrics['steps']:.0f} steps, loss "
+        f"{metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}, "
+        f"{metrics['tokens_per_s']:.0f} tokens/s"
+    )
+    return StageResult(
+        metrics=metrics,
+        plots=plots,
+        summary=summary,
+        extra_manifest={
+            "recover": {"adapter": bool(getattr(params, "save_adapter", False))}
+        },
+    )

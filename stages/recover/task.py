@@ -1,0 +1,137 @@
+"""Build a recover training task from a job (same on every DeepSpeed rank)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from stages.common.train.loop import TrainTask
+
+# Params that change how often we save, not what is trained.
+_NOT_FINGERPRINTED = ("checkpoint_every", "keep_checkpoints")
+
+
+def folder_identity(folder: Path) -> str:
+    """The engine's output fingerprint when present, else names/sizes/mtimes."""
+    man = folder / "carp.json"
+    if man.exists():
+        fp = json.loads(man.read_text()).get("fingerprint")
+        if fp:
+            return str(fp)
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def job_fingerprint(job: dict[str, Any]) -> str:
+    """What a checkpoint must have been made with to be resumed from."""
+    params = {k: v for k, v in job["params"].items() if k not in _NOT_FINGERPRINTED}
+    ins = {k: folder_identity(Path(v)) for k, v in job["inputs"].items() if v}
+    blob = json.dumps(
+        {"params": params, "inputs": ins, "seed": job["seed"]}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_masks(mode: str, model: Any, model_dir: Path) -> dict[str, Any]:
+    """Keep-masks by parameter name for ``mask: keep|infer|none``."""
+    from stages.common.io import load_masks
+
+    if mode == "none":
+        return {}
+    if mode == "keep":
+        return {k: v.bool() for k, v in load_masks(model_dir).items()}
+    return {
+        n: p.detach() != 0
+        for n, p in model.named_parameters()
+        if p.ndim == 2 and bool((p == 0).any()) and "embed" not in n
+    }
+
+
+def build(job: dict[str, Any], device: str) -> TrainTask:
+    """Load model, masks, data and teacher; wrap with the method; return a task."""
+    import torch
+
+    from stages.common.io import load_model, load_tokenizer, read_dataset
+    from stages.common.text import encode_example
+    from stages.common.train.launch import job_params
+    from stages.common.train.masking import check_masks
+    from stages.recover import METHODS
+
+    params = job_params(job)
+    method = METHODS.load(params.method)
+    model_dir = Path(job["inputs"]["model"])
+    tok = load_tokenizer(model_dir)
+    if tok.eos_token_id is None:
+        raise ValueError(
+            f"model: the tokenizer in {model_dir} has no eos token; "
+            "the response template needs one"
+        )
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    records = read_dataset(Path(job["inputs"]["data"]))
+    examples = [encode_example(tok, r, params.max_len) for r in records]
+
+    base = load_model(model_dir)
+    masks = resolve_masks(params.mask, base, model_dir)
+    check_masks(base, masks)
+    teacher = None
+    if job["inputs"].get("teacher"):
+        teacher = load_model(Path(job["inputs"]["teacher"])).to(device).eval()
+        teacher.requires_grad_(False)
+        if teacher.config.vocab_size != base.config.vocab_size:
+            raise ValueError(
+                f"teacher: vocabulary {teacher.config.vocab_size} differs from the "
+                f"student's {base.config.vocab_size}; distillation needs one tokenizer"
+            )
+
+    def fresh() -> Any:
+        torch.manual_seed(job["seed"])  # same adapter init on every rank
+        return method.wrap(params, load_model(model_dir), masks)
+
+    model = fresh()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    train_masks = {n: m for n, m in masks.items() if n in trainable}
+
+    def finalize(trained: Any, out_dir: Path) -> dict[str, float]:
+        return export(params, method, trained, masks, tok, out_dir)
+
+    return TrainTask(
+        model=model,
+        loss_fn=method.make_loss(params, teacher),
+        examples=examples,
+        pad_id=pad_id,
+        fingerprint=job_fingerprint(job),
+        masks=train_masks,
+        finalize=finalize,
+        fresh_model=fresh,
+    )
+
+
+def export(
+    params: Any,
+    method: Any,
+    trained: Any,
+    masks: dict[str, Any],
+    tok: Any,
+    out_dir: Path,
+) -> dict[str, float]:
+    """Unwrap (merge LoRA), pin the zeros, save model + masks."""
+    from stages.common.io import save_masks, save_model
+    from stages.common.train.masking import reapply
+
+    n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    model, extra = method.unwrap(params, trained, masks, out_dir)
+    reapply(model, masks)  # exact +0.0 where the input mask drops weights
+    save_model(model, tok, out_dir)
+    out = {**extra, "trainable_params": float(n_trainable)}
+    if masks:
+        save_masks(masks, out_dir)
+        kept = sum(int(m.sum()) for m in masks.values())
+        size = sum(m.numel() for m in masks.values())
+        out["masked_sparsity"] = 1.0 - kept / size
+    return out
