@@ -22,6 +22,8 @@ METHODS = Registry(
         "magnitude": "stages.prune.magnitude",
         "wanda": "stages.prune.wanda",
         "sparsegpt": "stages.prune.sparsegpt",
+        "width": "stages.prune.width",
+        "depth": "stages.prune.depth",
     },
 )
 DEFAULT_METHOD = "magnitude"
