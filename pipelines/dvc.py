@@ -71,14 +71,16 @@ def _stage_body(
     outs: list[Any] = [f"{ARTIFACTS}/{name}"]
     if getattr(load_kind(node.kind), "RESUMABLE", False):
         outs.append({f"{CHECKPOINTS}/{name}": {"persist": True, "cache": False}})
-    return {
+    body = {
         "cmd": " ".join(c if "${" in c else shlex.quote(c) for c in cmd),
         "deps": deps,
         "params": params,
         "outs": outs,
         "metrics": [f"{REPORTS}/{name}/metrics.json"],
-        "plots": [f"{REPORTS}/{name}/plots"],
     }
+    if getattr(load_kind(node.kind), "PLOTS", True):
+        body["plots"] = [f"{REPORTS}/{name}/plots"]
+    return body
 
 
 def _rel(p: Path, root: Path) -> str:

@@ -136,12 +136,12 @@ class Lineage:
         import pandas as pd
 
         df = pd.read_json(path, lines=True)
+        mlflow.set_tracking_uri(self.uri)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source-type and int-schema hints
             ds = mlflow.data.from_pandas(df, source=str(path.resolve()), name=name)
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_input(ds, context=context)
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_input(ds, context=context)
 
     def end(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pipelines.contract import Registry, RunContext, StageParams, StageResult
 
 PROVIDES = frozenset({"model", "tokenizer"})
+PLOTS = False
 METHODS = Registry("pretrained", {"local": "stages.pretrained.local"})
 DEFAULT_METHOD = "local"
 

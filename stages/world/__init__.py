@@ -17,6 +17,7 @@ from pipelines.contract import Registry, RunContext, StageParams, StageResult
 from stages.world.families import FAMILIES, unknown_family_message
 
 PROVIDES = frozenset({"world", "dataset", "tokenizer"})
+PLOTS = False  # no plots: dvc.yaml declares none for this kind
 METHODS = Registry("world", {"synthetic": "stages.world.synthetic"})
 DEFAULT_METHOD = "synthetic"
 
