@@ -23,6 +23,8 @@ METHODS = Registry(
     "recover",
     {
         "full": "stages.recover.full",
+        "lora": "stages.recover.lora",
+        "distill": "stages.recover.distill",
     },
 )
 

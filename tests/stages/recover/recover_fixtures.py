@@ -77,10 +77,40 @@ def magnitude_masks(model: Any, sparsity: float) -> dict[str, Any]:
     return masks
 
 
+def pretrain(
+    model: Any,
+    tok: Any,
+    recs: list[dict[str, Any]],
+    steps: int,
+    batch: int = 16,
+    lr: float = 3e-3,
+) -> None:
+    """A few AdamW steps so the dense model (the teacher) is not uniform."""
+    import torch
+
+    from stages.common.text import collate, encode_example
+    from stages.recover.losses import response_nll
+
+    ex = [encode_example(tok, r) for r in recs]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for i in range(steps):
+        b = collate(
+            [ex[(i * batch + j) % len(ex)] for j in range(batch)], tok.pad_token_id
+        )
+        logits = model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+        ).logits
+        response_nll(logits, b["labels"]).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def build_world(
     root: Path,
     n_records: int = 96,
     hidden: int = 64,
+    pretrain_steps: int = 40,
     layers: int = 2,
     sparsity: float = 0.5,
     seed: int = 0,
@@ -108,6 +138,7 @@ def build_world(
         pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
+    pretrain(model, tok, recs, steps=pretrain_steps)
     save_model(model, tok, root / "dense")
     masks = magnitude_masks(model, sparsity)
     save_model(model, tok, root / "sparse")
