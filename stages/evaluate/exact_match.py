@@ -1,0 +1,82 @@
+"""Exact match: greedy answers to each family's held-out prompts, per family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.contract import RunContext
+from stages.common.io import read_jsonl, write_jsonl
+from stages.evaluate import Params as EvaluateParams
+from stages.evaluate.generation import greedy_generate
+from stages.evaluate.scoring import exact_match, normalize_answer
+
+EVAL_DIR = "eval"
+
+
+class Params(EvaluateParams):
+    method: Literal["exact_match"] = "exact_match"
+
+
+def eval_sets(
+    world_dir: Path, limit: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Family -> held-out records (first ``limit`` of each), families sorted."""
+    folder = Path(world_dir) / EVAL_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{world_dir}: no {EVAL_DIR}/ folder; is it a world?")
+    return {f.stem: list(read_jsonl(f))[:limit] for f in sorted(folder.glob("*.jsonl"))}
+
+
+def answer_budget(tokenizer: Any, records: list[dict[str, Any]]) -> int:
+    """New tokens needed by the longest reference answer, plus eos."""
+    lens = [
+        len(tokenizer(f" {r['output']}", add_special_tokens=False)["input_ids"])
+        for r in records
+    ]
+    return max(lens, default=1) + 1
+
+
+def per_family_em(
+    records: list[dict[str, Any]], predictions: list[str]
+) -> dict[str, float]:
+    """``em/<family>`` (fraction correct) and ``em/mean`` (unweighted over families)."""
+    hits: dict[str, list[float]] = {}
+    for rec, pred in zip(records, predictions, strict=True):
+        hits.setdefault(rec["family"], []).append(exact_match(pred, rec["output"]))
+    out = {f"em/{fam}": sum(h) / len(h) for fam, h in sorted(hits.items())}
+    if hits:
+        out["em/mean"] = sum(out.values()) / len(hits)
+    return out
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    world_dir: Path,
+    params: EvaluateParams,
+    ctx: RunContext,
+    out_dir: Path | None = None,
+    name: str = "model",
+) -> dict[str, float]:
+    """EM per family; writes ``predictions/<name>.jsonl`` when ``out_dir`` is set."""
+    sets = eval_sets(world_dir, params.max_samples_per_family)
+    records = [r for recs in sets.values() for r in recs]
+    budget = params.max_new_tokens or answer_budget(tokenizer, records)
+    preds = greedy_generate(
+        model, tokenizer, records, budget, params.batch_size, ctx.progress
+    )
+    if out_dir is not None:
+        (out_dir / "predictions").mkdir(exist_ok=True)
+        rows = [
+            {
+                "id": r["id"],
+                "family": r["family"],
+                "output": r["output"],
+                "prediction": normalize_answer(p),
+                "em": exact_match(p, r["output"]),
+            }
+            for r, p in zip(records, preds, strict=True)
+        ]
+        write_jsonl(rows, out_dir / "predictions" / f"{name}.jsonl")
+    return per_family_em(records, preds)

@@ -1,0 +1,61 @@
+"""Batched greedy generation from left-padded prompts (HF ``generate``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stages.common.text import format_prompt
+
+
+def prompt_ids(tokenizer: Any, rec: dict[str, Any]) -> list[int]:
+    """bos + prompt tokens, exactly as ``encode_example`` lays out training rows."""
+    ids = tokenizer(format_prompt(rec), add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of shape (B, T), padded on the left."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: Any = None,
+) -> list[str]:
+    """Greedy completions (special tokens dropped) of each record's prompt."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = range(0, len(records), batch_size)
+    if progress is not None:
+        batches = progress(batches, "generate", total=len(batches))
+    out: list[str] = []
+    model.eval()
+    for start in batches:
+        rows = [prompt_ids(tokenizer, r) for r in records[start : start + batch_size]]
+        ids, mask = left_pad(rows, pad)
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new = gen[:, ids.shape[1] :]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out

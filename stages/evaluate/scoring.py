@@ -1,0 +1,71 @@
+"""Pure scoring functions: exact match, token log-likelihood, rolling windows.
+
+Rolling windows follow lm-evaluation-harness ``loglikelihood_rolling``
+(``get_rolling_token_windows`` + ``make_disjoint_window``): every token of a
+document is predicted exactly once, with up to ``max_len`` tokens of context.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def normalize_answer(text: str) -> str:
+    """A generation up to its first newline, stripped (lm-eval's ``until: ["\\n"]``)."""
+    return text.split("\n", 1)[0].strip()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised prediction equals the stripped reference, else 0.0."""
+    return float(normalize_answer(prediction) == reference.strip())
+
+
+def rolling_windows(
+    tokens: list[int], prefix_token: int, max_len: int, context_len: int = 1
+) -> list[tuple[list[int], list[int]]]:
+    """Disjoint ``(context, continuation)`` windows covering ``tokens``.
+
+    The first window predicts the first ``max_len`` tokens after ``prefix_token``;
+    each later window predicts up to ``max_len - context_len + 1`` new tokens
+    with the preceding tokens as context. ``len(context + continuation) - 1 <=
+    max_len`` always holds (the model input is ``(context + continuation)[:-1]``).
+    """
+    if not 1 <= context_len <= max_len:
+        raise ValueError(f"context_len must be in [1, max_len={max_len}]")
+    if not tokens:
+        return []
+    pred_len = max_len - context_len + 1
+    first = min(max_len, len(tokens))
+    windows = [([prefix_token], tokens[:first])]
+    done = first
+    while done < len(tokens):
+        n = min(len(tokens) - done, pred_len)
+        end = done + n
+        context = tokens[max(0, end - max_len - 1) : end - n]
+        windows.append((context, tokens[end - n : end]))
+        done = end
+    return windows
+
+
+def continuation_nll(logits: Any, targets: list[list[int]], lengths: list[int]) -> Any:
+    """Summed negative log-likelihood of each row's continuation tokens.
+
+    ``logits`` (B, T, V) come from right-padded inputs ``(context +
+    continuation)[:-1]``; row b has ``lengths[b]`` real positions and its last
+    ``len(targets[b])`` positions predict ``targets[b]``. Returns float64 (B,).
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.double(), dim=-1)  # (B, T, V)
+    out = torch.zeros(len(lengths), dtype=torch.float64)
+    for b, (tgt, length) in enumerate(zip(targets, lengths, strict=True)):
+        preds = logp[b, length - len(tgt) : length]  # (n, V)
+        idx = torch.tensor(tgt, dtype=torch.long)[:, None]  # (n, 1)
+        out[b] = -preds.gather(-1, idx).sum()
+    return out
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean negative log-likelihood per token); nan when nothing was scored."""
+    return math.exp(total_nll / n_tokens) if n_tokens else float("nan")

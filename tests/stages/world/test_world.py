@@ -1,0 +1,165 @@
+"""World stage: determinism, disjoint splits, families, noise, tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipelines.contract import RunContext  # noqa: E402
+from stages.common.io import read_jsonl  # noqa: E402
+from stages.common.text import format_prompt, format_response  # noqa: E402
+from stages.world import METHODS, run  # noqa: E402
+from stages.world.families import FAMILIES, load_family  # noqa: E402
+
+MICRO = dict(
+    pool_size=90,
+    eval_per_family=6,
+    pretrain_size=450,
+    ppl_size=18,
+    facts=6,
+    vocab_size=400,
+)
+
+
+def build(tmp: Path, **kw: object) -> Path:
+    params = METHODS.load("synthetic").Params(**{**MICRO, **kw})
+    tmp.mkdir(parents=True, exist_ok=True)
+    run(params, {}, tmp, RunContext())
+    return tmp
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("world") / "world", seed=0)
+
+
+def text(rec: dict) -> str:
+    return format_prompt(rec) + format_response(rec)
+
+
+def test_same_seed_is_byte_identical_other_seed_differs(world, tmp_path):
+    again = files(build(tmp_path / "again", seed=0))
+    assert again == files(world)
+    other = files(build(tmp_path / "other", seed=1))
+    assert other["data.jsonl"] != again["data.jsonl"]
+    assert other["eval/facts.jsonl"] != again["eval/facts.jsonl"]
+
+
+def test_splits_are_disjoint_on_prompt_and_answer(world):
+    pool = {text(r) for r in read_jsonl(world / "data.jsonl")}
+    pre = {text(r) for r in read_jsonl(world / "pretrain.jsonl")}
+    ev = {text(r) for f in (world / "eval").glob("*.jsonl") for r in read_jsonl(f)}
+    ppl = set((world / "ppl.txt").read_text().strip("\n").split("\n\n"))
+    for a, b in [
+        (pool, pre),
+        (pool, ev),
+        (pool, ppl),
+        (pre, ev),
+        (pre, ppl),
+        (ev, ppl),
+    ]:
+        assert not a & b
+
+
+def test_open_families_eval_on_unseen_problems(world):
+    def operands(path: Path) -> set[tuple[str, ...]]:
+        return {
+            tuple(re.findall(r"\d+", r["instruction"] + " " + r["input"]))
+            for r in read_jsonl(path)
+            if r["family"] == "add"
+        }
+
+    seen = operands(world / "pretrain.jsonl") | operands(world / "data.jsonl")
+    assert not operands(world / "eval" / "add.jsonl") & seen
+
+
+def test_every_family_in_pool_and_eval_with_correct_answers(world):
+    pool = list(read_jsonl(world / "data.jsonl"))
+    assert {r["family"] for r in pool} == set(FAMILIES)
+    for fam in FAMILIES:
+        recs = list(read_jsonl(world / "eval" / f"{fam}.jsonl"))
+        assert len(recs) == MICRO["eval_per_family"]
+        assert {r["family"] for r in recs} == {fam}
+    for r in read_jsonl(world / "eval" / "add.jsonl"):
+        a, b = map(int, re.findall(r"\d+", r["instruction"] + " " + r["input"]))
+        assert int(r["output"]) == a + b
+    ids = [r["id"] for r in pool]
+    assert len(set(ids)) == len(ids) and all(i.startswith("pool-") for i in ids)
+
+
+def test_at_least_five_templates_per_family_and_variant():
+    for name in FAMILIES:
+        fam = load_family(name)
+        for variant in {t.variant for t in fam.templates}:
+            n = sum(t.variant in ("", variant) for t in fam.templates)
+            assert n >= 5, (name, variant)
+
+
+def test_world_json_counts_match_files(world):
+    meta = json.loads((world / "world.json").read_text())
+    assert meta["counts"]["pretrain"] == sum(
+        1 for _ in read_jsonl(world / "pretrain.jsonl")
+    )
+    assert (
+        meta["counts"]["pool"]
+        == json.loads((world / "dataset.json").read_text())["count"]
+    )
+    assert set(meta["families"]) == set(FAMILIES)
+
+
+def test_noise_flags_exactly_the_corrupted_records(world, tmp_path):
+    noisy = build(tmp_path / "noisy", seed=0, noise=0.25)
+    clean = {r["id"]: r for r in read_jsonl(world / "data.jsonl")}
+    recs = list(read_jsonl(noisy / "data.jsonl"))
+    flagged = [r for r in recs if r.get("corrupted")]
+    assert len(flagged) == round(0.25 * len(recs))
+    for r in recs:
+        assert (r["output"] != clean[r["id"]]["output"]) == bool(r.get("corrupted"))
+    meta = json.loads((noisy / "world.json").read_text())
+    assert meta["noise"]["corrupted"] == len(flagged)
+
+
+def test_forget_and_retain_split_people(world):
+    forget = list(read_jsonl(world / "forget.jsonl"))
+    retain = list(read_jsonl(world / "retain.jsonl"))
+    fs, rs = {r["subject"] for r in forget}, {r["subject"] for r in retain}
+    assert fs and rs and not fs & rs and len(fs | rs) == MICRO["facts"]
+    pre = {text(r) for r in read_jsonl(world / "pretrain.jsonl")}
+    assert any(text(r) in pre for r in forget)  # the base model is trained on them
+
+
+def test_unknown_family_suggests_the_right_name():
+    with pytest.raises(ValidationError, match="did you mean 'reverse'"):
+        METHODS.load("synthetic").Params(families=["revers"])
+
+
+def test_tokenizer_round_trips_and_splits_digits(world):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    assert None not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
+    docs = (world / "ppl.txt").read_text().split("\n\n")[:10] + ["Zq 12345 ü\n!"]
+    for d in docs:
+        ids = tok(d, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == d
+    assert tok("7")["input_ids"][0] == tok.bos_token_id
+    pieces = tok.convert_ids_to_tokens(
+        tok(" 4096", add_special_tokens=False)["input_ids"]
+    )
+    assert [p for p in pieces if p.isdigit()] == ["4", "0", "9", "6"]
