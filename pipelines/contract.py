@@ -62,12 +62,16 @@ class StageResult:
     ``metrics`` is flat (name -> number) and lands in ``metrics.json``, DVC and
     MLflow. ``plots`` are paths relative to the output folder (CSV/JSON for
     ``dvc plots``, PNG for MLflow). ``datasets`` are relative JSONL paths logged
-    with ``mlflow.log_input``. ``summary`` is printed at the end of the stage.
+    with ``mlflow.log_input``. ``reports`` are files that describe the run (they
+    may hold timings); like plots they are logged to MLflow and left out of the
+    output fingerprint, which covers only the deterministic artifact. ``summary``
+    is printed at the end of the stage.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
     artifact: str = "model"
     summary: str | None = None
     extra_manifest: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -134,17 +135,19 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def folder_fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: Path, exclude: Iterable[str] = ()) -> str:
     """Content hash of an artifact folder (relative paths + file hashes).
 
-    Engine metadata (``carp.json``, ``metrics.json``) and ``plots/`` are left out:
-    they hold timings and renderings, not the artifact.
+    Engine metadata (``carp.json``, ``metrics.json``), ``plots/`` and the files in
+    ``exclude`` (a stage's plots and run reports) are left out: they hold timings
+    and renderings, not the artifact.
     """
     folder = Path(folder)
+    skip = META_FILES | set(exclude)
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if not p.is_file() or rel in META_FILES or rel.split("/")[0] == PLOTS_DIR:
+        if not p.is_file() or rel in skip or rel.split("/")[0] == PLOTS_DIR:
             continue
         h.update(f"{rel}\0{file_digest(p)}\n".encode())
     return h.hexdigest()[:16]

@@ -221,7 +221,7 @@ def run_node(
                 sort_keys=True,
             )
         )
-        fingerprint = folder_fingerprint(tmp)
+        fingerprint = folder_fingerprint(tmp, [*result.plots, *result.reports])
         manifest = {
             "node": name,
             "stage": node.stage,
@@ -271,6 +271,8 @@ def _log_outputs(
     lineage.log_metrics(run_id, metrics)
     for rel in result.plots:
         lineage.log_artifact(run_id, out / rel, "plots")
+    for rel in result.reports:
+        lineage.log_artifact(run_id, out / rel, "reports")
     lineage.log_artifact(run_id, out / "params.resolved.yaml", "")
     lineage.log_artifact(run_id, out / MANIFEST, "")
     for rel in result.datasets:

@@ -160,6 +160,7 @@ def run(
         metrics=metrics,
         plots=sel.plots,
         datasets=["data.jsonl"],
+        reports=[REPORT_FILE],  # holds time per phase: not part of the fingerprint
         artifact="dataset",
         summary=f"{params.method}: selected {len(idx)} of {len(pool)} records "
         f"(budget {n}) from '{pool_dir.name}'",
