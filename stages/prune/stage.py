@@ -49,14 +49,16 @@ def sparsity_metrics(
     return metrics, per_module
 
 
-def _tokenizer(model_dir: Path) -> Any:
-    """The model folder's tokenizer, or None when it ships without one."""
+def _tokenizer(model_dir: Path, calib_dir: Path | None) -> Any:
+    """The model folder's tokenizer, else a world's ``tokenizer/`` given as
+    ``calib``, else None (methods without calibration need none)."""
     from stages.common.io import load_tokenizer
 
-    has_tok = any(
-        (model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
-    )
-    return load_tokenizer(model_dir) if has_tok else None
+    files = ("tokenizer.json", "tokenizer_config.json")
+    for d in (model_dir, calib_dir / "tokenizer" if calib_dir else None):
+        if d is not None and any((d / f).exists() for f in files):
+            return load_tokenizer(d)
+    return None
 
 
 def execute(
@@ -74,11 +76,11 @@ def execute(
     model_dir = Path(inputs["model"])
     model = io.load_model(model_dir, dtype=getattr(torch, params.dtype))
     model.eval()
-    tok = _tokenizer(model_dir)
+    calib_dir = Path(inputs["calib"]) if inputs.get("calib") else None
+    tok = _tokenizer(model_dir, calib_dir)
     max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
-    calib_dir = inputs.get("calib")
     calib = Calibration(
-        Path(calib_dir) if calib_dir else None,
+        calib_dir,
         tok,
         params.nsamples,
         params.seqlen or min(2048, max_pos),

@@ -127,19 +127,22 @@ def _slice(lin: Any, idx: Any, dim: int) -> Any:
     return new
 
 
-def _taylor_grads(model: Any, ids: Any, batch_size: int, ctx: Any) -> dict:
-    """Gradients of the mean LM loss over the calibration sequences."""
+def _taylor_grads(model: Any, ids: Any, batch_size: int, device: Any, ctx: Any) -> dict:
+    """Gradients (on CPU) of the mean LM loss over the calibration sequences,
+    computed with the whole model on ``device``."""
     import torch
 
+    model.to(device)
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for s in ctx.progress(range(0, len(ids), batch_size), desc="taylor grads"):
-            b = ids[s : s + batch_size]
+            b = ids[s : s + batch_size].to(device)
             loss = model(b, labels=b, use_cache=False).loss
             (loss * len(b) / len(ids)).backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
+    grads = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
     for p in model.parameters():
         p.grad = None
+    model.to("cpu")
     return grads
 
 
@@ -160,10 +163,13 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
         params.attention_ratio,
         params.mlp_ratio,
     )
+    from stages.prune.layerwise import resolve_device
+
     grads: dict = {}
     if params.importance == "taylor":
         ids = calib.ids("width (taylor)")
-        grads = _taylor_grads(model, ids, params.batch_size, ctx)
+        dev = resolve_device(params.device)
+        grads = _taylor_grads(model, ids, params.batch_size, dev, ctx)
     names = {id(m): n for n, m in model.named_modules()}
     removed_heads = {}
     for i, layer in enumerate(ctx.progress(decoder_layers(model), desc="width")):
