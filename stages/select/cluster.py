@@ -1,0 +1,222 @@
+"""PASER's semantic-structural clustering (S2RIC, He et al., arXiv 2502.12594):
+sparse kNN Gaussian affinity -> diffusion-map coordinates -> NMF spectral
+clustering (NMF of the diffusion similarity, cluster = argmax of W), with K
+chosen by the elbow of the NMF approximation error.
+
+Pure functions over arrays; memory grows with N·k (never an N×N matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def reduce_dim(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """Project rows to ``dim`` principal components (then unit length) for the kNN
+    search; ``dim`` 0 or >= width keeps the input."""
+    if dim <= 0 or dim >= x.shape[1]:
+        return x
+    from sklearn.decomposition import PCA
+
+    z = PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(x)
+    return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
+
+
+def knn(x: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (Euclidean, self excluded) by chunked matmul.
+
+    Returns ``idx`` (N, k) int64 and ``dist`` (N, k) float32, nearest first.
+    """
+    import torch
+
+    n = x.shape[0]
+    k = min(k, n - 1)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    sq = (xt * xt).sum(1)  # (N,)
+    idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k), dtype=np.float32)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        d2 = sq[s:e, None] + sq[None, :] - 2.0 * (xt[s:e] @ xt.T)  # (C, N)
+        d2[torch.arange(e - s), torch.arange(s, e)] = float("inf")  # no self-loops
+        val, ind = torch.topk(d2, k, dim=1, largest=False)
+        idx[s:e] = ind.numpy()
+        dist[s:e] = val.clamp_min(0).sqrt().numpy()
+    return idx, dist
+
+
+def affinity(idx: np.ndarray, dist: np.ndarray) -> tuple[Any, float]:
+    """Symmetric sparse Gaussian affinity exp(-d²/2σ²) on the kNN graph,
+    σ = median kNN distance (the paper's median rule restricted to the graph)."""
+    from scipy import sparse
+
+    n, k = idx.shape
+    pos = dist[dist > 0]
+    sigma = float(np.median(pos)) if pos.size else 1.0
+    w = np.exp(-(dist.astype(np.float64) ** 2) / (2 * sigma**2)).ravel()
+    a = sparse.csr_matrix((w, (np.repeat(np.arange(n), k), idx.ravel())), (n, n))
+    return a.maximum(a.T).tocsr(), sigma
+
+
+def diffusion_map(
+    a: Any, n_components: int, t: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Diffusion-map coordinates ψ_j·exp(-t·λ_j), j = 1..n_components.
+
+    λ_j are the smallest non-trivial eigenvalues of the random-walk Laplacian
+    I - D⁻¹A, obtained as 1 - μ_j from the largest eigenpairs of the symmetric
+    D^-½ A D^-½ with LOBPCG (scipy ``lobpcg``, a block solver: unlike Lanczos
+    it finds repeated eigenvalues, which a graph with several connected
+    components has); ψ = D^-½ v. Returns the coordinates (N, n_components)
+    and the λ (n_components,).
+    """
+    import warnings
+
+    from scipy import sparse
+    from scipy.sparse.linalg import eigsh, lobpcg
+
+    n = a.shape[0]
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    dinv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
+    s = sparse.diags(dinv) @ a @ sparse.diags(dinv)
+    m = min(n_components + 1, n - 1)
+    rng = np.random.default_rng(seed)
+    if n < 5 * m + 10:  # lobpcg wants n >> block size; tiny graphs go dense
+        mu, vec = eigsh(s, k=m, which="LA", v0=rng.random(n))
+    else:
+        x0 = rng.normal(size=(n, m))
+        x0[:, 0] = np.sqrt(deg)  # the trivial eigenvector, known exactly
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not reaching the tolerance": fine
+            mu, vec = lobpcg(s, x0, largest=True, tol=1e-5, maxiter=200)
+    order = np.argsort(-mu)
+    mu, vec = mu[order], vec[:, order]
+    lam = np.clip(1.0 - mu, 0.0, 2.0)
+    psi = vec * dinv[:, None]
+    # a deterministic sign per eigenvector: largest-magnitude entry positive
+    flip = np.sign(psi[np.abs(psi).argmax(0), np.arange(psi.shape[1])])
+    psi = psi * np.where(flip == 0, 1.0, flip)
+    coords = psi[:, 1:] * np.exp(-t * lam[1:])[None, :]
+    return coords.astype(np.float32), lam[1:]
+
+
+def diffusion_similarity(a: Any, coords: np.ndarray) -> Any:
+    """Sparse |ŷ_i·ŷ_j| on the kNN graph's edges plus the diagonal (ŷ = unit
+    diffusion coordinates): the public code's NMF input |V Vᵀ|, evaluated only
+    where the graph has an edge, so it costs N·k instead of N²."""
+    from scipy import sparse
+
+    y = coords / np.maximum(np.linalg.norm(coords, axis=1, keepdims=True), 1e-12)
+    coo = a.tocoo()
+    vals = np.abs(np.einsum("ij,ij->i", y[coo.row], y[coo.col]))
+    s = sparse.csr_matrix((vals, (coo.row, coo.col)), a.shape)
+    return (s + sparse.eye(a.shape[0], format="csr")).tocsr()
+
+
+def nmf_fit(x: Any, k: int, seed: int, max_iter: int = 300) -> tuple[np.ndarray, float]:
+    """NMF X ≈ W H with k components (X sparse or dense, non-negative);
+    returns W (N, k) and the relative Frobenius error ||X - WH|| / ||X||."""
+    from scipy import sparse
+    from sklearn.decomposition import NMF
+
+    model = NMF(k, init="nndsvda", random_state=seed, max_iter=max_iter, tol=1e-4)
+    w = model.fit_transform(x)
+    norm = sparse.linalg.norm(x) if sparse.issparse(x) else np.linalg.norm(x)
+    return w, float(model.reconstruction_err_ / max(norm, 1e-12))
+
+
+def elbow(ks: list[int], errors: list[float]) -> int:
+    """Kneedle elbow of a decreasing error curve: the K farthest below the
+    chord from the first to the last point (both axes scaled to [0, 1])."""
+    if len(ks) < 3:
+        return ks[int(np.argmin(errors))]
+    x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
+    e = np.asarray(errors, float)
+    span = e.max() - e.min()
+    if span <= 1e-12:
+        return ks[0]
+    y = (e - e.min()) / span
+    chord = y[0] + (y[-1] - y[0]) * x
+    return ks[int(np.argmax(chord - y))]
+
+
+def eigengap(lam: np.ndarray, k_range: tuple[int, int]) -> tuple[int, dict[int, float]]:
+    """K with the largest spectral gap λ_K - λ_{K-1} of the Laplacian, over
+    ``k_range``; ``lam`` are the non-trivial eigenvalues λ_1 <= λ_2 <= ...
+    (K well-separated groups give K-1 near-zero non-trivial eigenvalues)."""
+    lo, hi = max(2, k_range[0]), min(k_range[1], len(lam))
+    if hi < lo:
+        return lo, {}
+    gaps = {kk: float(lam[kk - 1] - lam[kk - 2]) for kk in range(lo, hi + 1)}
+    return max(gaps, key=lambda kk: (gaps[kk], -kk)), gaps
+
+
+@dataclass
+class Clustering:
+    """Result of :func:`cluster`: labels, chosen K and what led to it."""
+
+    labels: np.ndarray
+    k: int
+    k_rule: str
+    coords: np.ndarray
+    eigenvalues: np.ndarray
+    sigma: float
+    k_curve: dict[int, float] = field(default_factory=dict)
+
+
+def cluster(
+    emb: np.ndarray,
+    k: int | None,
+    k_range: tuple[int, int] = (2, 20),
+    k_rule: str = "eigengap",
+    n_neighbors: int = 15,
+    n_components: int | None = None,
+    t: float = 1.0,
+    knn_dim: int = 0,
+    seed: int = 0,
+) -> Clustering:
+    """Cluster embeddings (N, D): kNN affinity, diffusion map, NMF argmax.
+
+    ``k`` None picks K in ``k_range`` by ``k_rule``: ``eigengap`` (largest gap
+    of the diffusion spectrum) or ``nmf_elbow`` (elbow of the NMF relative
+    error, the paper's criterion; one NMF fit per K).
+    ``n_components`` diffusion coordinates default to the largest K tried.
+    """
+    n = emb.shape[0]
+    kmax = min(k if k is not None else k_range[1], n - 1)
+    d = min(n_components or max(kmax, k_range[1], 2), n - 2)
+    x = reduce_dim(emb, knn_dim, seed)
+    idx, dist = knn(x, n_neighbors)
+    a, sigma = affinity(idx, dist)
+    coords, lam = diffusion_map(a, d, t, seed)
+    sim = diffusion_similarity(a, coords)
+    curve: dict[int, float] = {}
+    if k is None and k_rule == "eigengap":
+        chosen, curve = eigengap(lam, k_range)
+        rule = f"eigengap of the diffusion spectrum over K={min(curve, default=2)}"
+        rule += f"..{max(curve, default=2)}"
+        w, _ = nmf_fit(sim, chosen, seed)
+    elif k is None:
+        lo, hi = max(2, k_range[0]), min(k_range[1], n - 1)
+        fits = {kk: nmf_fit(sim, kk, seed) for kk in range(lo, hi + 1)}
+        curve = {kk: err for kk, (_, err) in fits.items()}
+        chosen = elbow(list(curve), list(curve.values()))
+        w, rule = fits[chosen][0], f"elbow of NMF relative error over K={lo}..{hi}"
+    else:
+        chosen, rule = k, "declared"
+        w, err = nmf_fit(sim, k, seed)
+        curve = {k: err}
+    labels = _relabel(w.argmax(1))
+    return Clustering(labels, int(labels.max()) + 1, rule, coords, lam, sigma, curve)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0..K'-1 by first appearance (drops empty components)."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inv].astype(np.int64)

@@ -1,0 +1,31 @@
+"""Params shared by the selection methods that run language models
+(paser, perplexity, ifd): encoding length, batching, device and dtype."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from stages.select import Params as KindParams
+
+
+class LMParams(KindParams):
+    max_len: int = Field(
+        256, ge=8, description="Token cutoff of the shared template encoding."
+    )
+    max_batch_tokens: int = Field(
+        8192,
+        ge=64,
+        description="Padded tokens per scoring batch (B·T); batches are "
+        "length-bucketed so little of it is padding.",
+    )
+    max_batch: int = Field(64, ge=1, description="Most records per scoring batch.")
+    device: str = Field(
+        "auto", description="Torch device for scoring; `auto`: cuda if available."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Model weights dtype for scoring (divergences and losses "
+        "are always computed in float32).",
+    )

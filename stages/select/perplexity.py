@@ -1,0 +1,117 @@
+"""Perplexity baseline: records the pruned model finds hardest first (highest
+mean response NLL), as in loss-based data selection (e.g. Marion et al. 2023).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.contract import RunContext
+from stages.select import Selection, cache_root, require_inputs
+from stages.select.lmparams import LMParams
+
+
+class Params(LMParams):
+    method: Literal["perplexity"] = "perplexity"
+
+
+def select(
+    params: Params,
+    pool: list[dict[str, Any]],
+    n: int,
+    inputs: dict[str, Path],
+    out_dir: Path,
+    ctx: RunContext,
+    seed: int,
+) -> Selection:
+    """Top ``n`` records by the pruned model's response NLL (ties: pool order)."""
+    import numpy as np
+
+    require_inputs(params, "model")
+    root = cache_root(out_dir, ctx)
+    nll, new = nll_scores(params, Path(inputs["model"]), pool, root, ctx)
+    order = np.lexsort((np.arange(len(pool)), -nll))[:n]
+    report = {
+        "nll_pool_mean": float(nll.mean()),
+        "nll_selected_mean": float(nll[order].mean()),
+        "computed": {"nll": new},
+        "cache": str(root),
+    }
+    return Selection(
+        [int(i) for i in order], report, {"nll_selected_mean": float(nll[order].mean())}
+    )
+
+
+def nll_scores(
+    params: LMParams,
+    model_dir: Path,
+    pool: list[dict[str, Any]],
+    root: Path,
+    ctx: RunContext,
+    response_only: bool = False,
+) -> tuple[Any, int]:
+    """Per-record mean response NLL under the model in ``model_dir`` (cached).
+
+    ``response_only``: the response scored without its prompt (BOS + response
+    + EOS), IFD's unconditional loss; otherwise the shared template encoding.
+    """
+    from stages.common.io import load_tokenizer
+    from stages.select.cache import ScoreCache, fingerprint
+    from stages.select.kernels import response_nll
+    from stages.select.scoring import (
+        encode_records,
+        lm_key,
+        lm_scores,
+        load_lm,
+        pick_device,
+    )
+
+    tok = load_tokenizer(model_dir)
+    kind = "nll-resp" if response_only else "nll"
+    name = f"{kind}-{fingerprint(model_dir)}-len{params.max_len}"
+    keys = [lm_key(r) for r in pool]
+    cached, missing = ScoreCache(root / name, 1).lookup(keys)
+    if not missing:
+        return cached[:, 0], 0
+    if response_only:
+        enc = [_response_only(tok, r, params.max_len) for r in pool]
+    else:
+        enc = encode_records(tok, pool, params.max_len)
+    device = pick_device(params.device)
+    model = load_lm(model_dir, device, params.dtype)
+
+    def fn(batch: dict[str, Any]) -> Any:
+        kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        return response_nll(model(**kw).logits, batch["labels"])
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    vals, new = lm_scores(
+        name,
+        enc,
+        keys,
+        root,
+        1,
+        fn,
+        ctx,
+        pad,
+        params.max_batch_tokens,
+        params.max_batch,
+        device,
+    )
+    return vals[:, 0], new
+
+
+def _response_only(
+    tokenizer: Any, rec: dict[str, Any], max_len: int
+) -> tuple[list[int], list[int]]:
+    """BOS + response + EOS with every response token a label (same response
+    tokenisation as ``encode_example``, which tokenises it on its own)."""
+    from stages.common.text import IGNORE_INDEX, format_response
+
+    resp = tokenizer(format_response(rec), add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    resp = (resp + [tokenizer.eos_token_id])[: max_len - len(bos)]
+    if not bos:  # the first token has no prediction; keep it as context only
+        return resp, [IGNORE_INDEX] + resp[1:]
+    return bos + resp, [IGNORE_INDEX] + resp

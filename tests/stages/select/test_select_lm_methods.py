@@ -1,0 +1,227 @@
+"""paser, perplexity and ifd end to end on a tiny Llama pair (original and
+magnitude-pruned), with the bundled sentence encoder; caching and determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.contract import RunContext
+from stages.common.io import read_dataset, write_dataset
+from stages.select import ifd as ifd_m
+from stages.select import paser as paser_m
+from stages.select import perplexity as ppl_m
+from stages.select import run
+from stages.select.ifd import ifd_order
+
+torch.set_num_threads(1)
+
+FAMILIES = {
+    "add": ("Add the numbers", lambda i: f"{i} {i + 3}", lambda i: str(2 * i + 3)),
+    "reverse": ("Reverse the word", lambda i: "abcdefg"[i % 5 :], lambda i: "gfedcba"),
+    "capital": ("Name the capital city of country", lambda i: f"c{i}", lambda i: "zed"),
+}
+
+
+def _tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)])}
+    vocab["\n"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 60-record pool plus an original and a 60%-magnitude-pruned model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("selworld")
+    recs = []
+    for fam, (instr, inp, out) in FAMILIES.items():
+        for i in range(20):
+            rid = f"{fam}-{i:02d}"
+            recs.append(
+                {
+                    "id": rid,
+                    "family": fam,
+                    "instruction": instr,
+                    "input": inp(i),
+                    "output": out(i),
+                    "corrupted": i == 7,
+                }
+            )
+    write_dataset(recs, root / "world", source="test")
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                cut = p.abs().flatten().kthvalue(int(0.6 * p.numel())).values
+                p.mul_(p.abs() > cut)
+    model.save_pretrained(root / "prune")
+    tok.save_pretrained(root / "prune")
+    return root, recs
+
+
+def _inputs(root, ref="base"):
+    return {"pool": root / "world", "model": root / "prune", "reference": root / ref}
+
+
+def test_paser_end_to_end_cached_and_deterministic(world, tmp_path):
+    root, recs = world
+    p = paser_m.Params(
+        pool="world",
+        model="prune",
+        reference="base",
+        budget=0.25,
+        seed=0,
+        k_max=6,
+        n_neighbors=5,
+    )
+    ck = tmp_path / "ck"
+    res = run(p, _inputs(root), tmp_path / "a", RunContext(checkpoint_dir=ck))
+    got = read_dataset(tmp_path / "a")
+    assert 0 < len(got) <= 15 and res.datasets == ["data.jsonl"]
+    by_id = {r["id"]: r for r in recs}
+    assert all(r == by_id[r["id"]] for r in got)
+    rep = json.loads((tmp_path / "a" / "selection.json").read_text())
+    k = rep["k"]
+    assert len(rep["cluster_sizes"]) == len(rep["cds"]) == len(rep["allocated"]) == k
+    assert sum(rep["cluster_sizes"]) == 60 and sum(rep["allocated"]) == 15
+    assert sum(rep["taken"]) == len(got)
+    assert all(t <= s for t, s in zip(rep["taken"], rep["cluster_sizes"], strict=True))
+    assert all(0 <= c <= np.log(2) for c in rep["cds"]) and max(rep["cds"]) > 0
+    assert rep["computed"] == {"embeddings": 60, "jsd": 60}
+    assert set(rep["seconds"]) >= {"embed", "cluster", "jsd", "allocate_and_fill"}
+    for f in res.plots:
+        assert (tmp_path / "a" / f).stat().st_size > 0
+    # a re-run (other params, same checkpoint dir) recomputes no score
+    p2 = p.model_copy(update={"allocation": "uniform"})
+    run(p2, _inputs(root), tmp_path / "b", RunContext(checkpoint_dir=ck))
+    rep2 = json.loads((tmp_path / "b" / "selection.json").read_text())
+    assert rep2["computed"] == {"embeddings": 0, "jsd": 0}
+    assert rep2["cds"] == pytest.approx(rep["cds"], abs=1e-7)
+    # same params, fresh cache: the same selection
+    run(p, _inputs(root), tmp_path / "c", RunContext(checkpoint_dir=tmp_path / "ck2"))
+    assert [r["id"] for r in read_dataset(tmp_path / "c")] == [r["id"] for r in got]
+
+
+def test_paser_without_clustering_and_filter_is_top_ies(world, tmp_path):
+    from stages.select.kernels import ies
+
+    root, _ = world
+    p = paser_m.Params(
+        pool="world",
+        model="prune",
+        reference="base",
+        budget=10,
+        clustering=False,
+        concept_filter=False,
+    )
+    run(p, _inputs(root), tmp_path / "o", RunContext(checkpoint_dir=tmp_path / "ck"))
+    rep = json.loads((tmp_path / "o" / "selection.json").read_text())
+    assert rep["k"] == 1 and rep["filter_rejected_total"] == 0
+    # recompute the IES ranking from the cached JSD and the token counts
+    from stages.common.io import load_tokenizer
+    from stages.select.paser import jsd_scores
+
+    pool = read_dataset(root / "world")
+    scores, ntok, new = jsd_scores(
+        p, pool, _inputs(root), tmp_path / "ck", RunContext(), "cpu"
+    )
+    assert new == 0 and load_tokenizer(root / "prune") is not None
+    s = ies(scores, ntok)
+    top = {pool[i]["id"] for i in np.lexsort((np.arange(60), -s))[:10]}
+    assert {r["id"] for r in read_dataset(tmp_path / "o")} == top
+
+
+def test_jsd_zero_for_identical_models(world, tmp_path):
+    from stages.select.paser import jsd_scores
+
+    root, _ = world
+    p = paser_m.Params(pool="world", model="prune", reference="prune", budget=5)
+    pool = read_dataset(root / "world")
+    inp = _inputs(root, ref="prune")
+    scores, ntok, _ = jsd_scores(p, pool, inp, tmp_path, RunContext(), "cpu")
+    assert np.abs(scores).max() < 1e-6 and ntok.min() > 5
+
+
+def test_models_required(world, tmp_path):
+    root, _ = world
+    p = paser_m.Params(pool="world", model="prune", budget=5)
+    with pytest.raises(ValueError, match="reference: method 'paser' needs"):
+        run(
+            p,
+            {"pool": root / "world", "model": root / "prune"},
+            tmp_path / "x",
+            RunContext(),
+        )
+    q = ppl_m.Params(pool="world", budget=5)
+    with pytest.raises(ValueError, match="model: method 'perplexity' needs"):
+        run(q, {"pool": root / "world"}, tmp_path / "y", RunContext())
+
+
+def test_perplexity_takes_highest_loss(world, tmp_path):
+    root, _ = world
+    p = ppl_m.Params(pool="world", model="prune", budget=12)
+    run(
+        p,
+        {"pool": root / "world", "model": root / "prune"},
+        tmp_path / "p",
+        RunContext(checkpoint_dir=tmp_path / "ck"),
+    )
+    from stages.select.perplexity import nll_scores
+
+    pool = read_dataset(root / "world")
+    nll, new = nll_scores(p, root / "prune", pool, tmp_path / "ck", RunContext())
+    assert new == 0
+    chosen = {r["id"] for r in read_dataset(tmp_path / "p")}
+    picked = [nll[i] for i, r in enumerate(pool) if r["id"] in chosen]
+    rest = [nll[i] for i, r in enumerate(pool) if r["id"] not in chosen]
+    assert len(chosen) == 12 and min(picked) >= max(rest)
+
+
+def test_ifd_runs_and_orders(world, tmp_path):
+    root, _ = world
+    p = ifd_m.Params(pool="world", model="prune", budget=0.2)
+    res = run(
+        p,
+        {"pool": root / "world", "model": root / "prune"},
+        tmp_path / "i",
+        RunContext(),
+    )
+    assert res.metrics["selected"] == 12
+    order, ifd = ifd_order([2.0, 1.0, 3.0, 0.5], [1.0, 2.0, 4.0, 1.0], True)
+    assert ifd.tolist() == [2.0, 0.5, 0.75, 0.5]
+    assert order.tolist() == [2, 1, 3, 0]  # IFD >= 1 last; ties by pool order
+    assert ifd_order([2.0, 1.0], [1.0, 2.0], False)[0].tolist() == [0, 1]
