@@ -55,9 +55,8 @@ def embed(
     model = None
     if cache.dim is None:
         model = SentenceTransformer(path, device=device, local_files_only=True)
-        get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
-        )
+        get_dim = getattr(model, "get_embedding_dimension", None)
+        get_dim = get_dim or model.get_sentence_embedding_dimension
         cache.dim = int(get_dim())
     out, missing = cache.lookup(keys)
     if missing:
