@@ -48,6 +48,14 @@ def select_linears(
         for name, mod in model.named_modules()
         if isinstance(mod, torch.nn.Linear) and matches(name, include, exclude)
     }
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    for name, mod in out.items():
+        if canonical.get(id(mod.weight)) != f"{name}.weight":
+            raise ValueError(
+                f"exclude: {name}.weight is tied to {canonical.get(id(mod.weight))} "
+                "(tie_word_embeddings); pruning it would prune that too, so add "
+                f"'{name}' to `exclude`"
+            )
     if not out:
         raise ValueError(
             f"include {include} / exclude {exclude} select no linear layer; "

@@ -180,3 +180,24 @@ def test_missing_calibration_is_a_clear_error(tiny_model_dir, tmp_path):
     out.mkdir()
     with pytest.raises(ValueError, match="calib: wanda needs calibration data"):
         run(Params(model="base"), {"model": tiny_model_dir}, out, RunContext())
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_block_runner_reproduces_hidden_states(tiny_model_dir, attn):
+    """Captured block-0 inputs and kwargs, fed block by block in batches of 3,
+    give the model's own hidden states (so calibration sees true activations)."""
+    from stages.common.io import load_model
+    from stages.prune.layerwise import BlockRunner
+
+    model = load_model(tiny_model_dir)
+    model.config._attn_implementation = attn
+    ids = torch.randint(4, 100, (5, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids, output_hidden_states=True, use_cache=False).hidden_states
+    runner = BlockRunner(model, ids, "cpu", batch_size=3)
+    torch.testing.assert_close(runner.inps, ref[0])
+    for i in range(len(runner.layers)):
+        outs = runner.forward(runner.load(i))
+        runner.advance(i, outs)
+        if i + 1 < len(runner.layers):  # the last entry is after the final norm
+            torch.testing.assert_close(outs, ref[i + 1])

@@ -130,3 +130,17 @@ def test_params_validation_names_field(kw, field):
 def test_no_selection_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="include"):
         _run(tiny_model_dir, tmp_path, include=["nothing*"])
+
+
+def test_tied_lm_head_is_refused(tmp_path):
+    from prune_helpers import char_tokenizer, tiny_llama
+
+    from stages.common.io import save_model
+
+    model = tiny_llama()
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    src = tmp_path / "tied"
+    save_model(model, char_tokenizer(), src)
+    with pytest.raises(ValueError, match="tied"):
+        _run(src, tmp_path, include=["*"], exclude=[])
