@@ -47,6 +47,8 @@ class Layout:
 
     @property
     def home(self) -> Path:
+        if os.environ.get("DVC_ROOT"):  # set by DVC for (temp-dir) experiments
+            return Path(os.environ["DVC_ROOT"]).resolve()
         parts = self.root.resolve().parts
         if ".dvc" in parts:
             i = parts.index(".dvc")

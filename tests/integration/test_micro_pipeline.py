@@ -113,3 +113,12 @@ def test_dvc_experiment_reruns_only_downstream(project):
     assert ran == {"prune", "recover", "eval"}  # select reads the pool, not prune
     after = fingerprints(proj)
     assert after["base"] == before["base"] and after["prune"] != before["prune"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("carp-micro")
+    tagged = client.search_runs(
+        [exp.experiment_id], "tags.`carp.dvc_exp` != '' and tags.`carp.role` = 'stage'"
+    )
+    assert sorted(r.info.run_name for r in tagged) == ["eval", "prune", "recover"]
