@@ -1,0 +1,109 @@
+"""The DeepSpeed config and launcher argv implied by params; launch failures."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pipelines.contract import RunContext
+from stages.common.train import deepspeed_launch as dl
+from stages.common.train.params import TrainParams
+
+
+class _P(TrainParams):
+    method: str = "x"
+
+
+def test_config_follows_params():
+    p = _P(
+        launcher="deepspeed",
+        micro_batch=4,
+        grad_accum=3,
+        precision="bf16",
+        max_grad_norm=0.5,
+        deepspeed={
+            "num_gpus": 2,
+            "zero_stage": 3,
+            "offload_optimizer": True,
+            "offload_params": True,
+            "config": {"zero_optimization": {"reduce_bucket_size": 1000}},
+        },
+    )
+    c = dl.deepspeed_config(p, world=2)
+    assert c["train_batch_size"] == 24 and c["gradient_accumulation_steps"] == 3
+    assert c["train_micro_batch_size_per_gpu"] == 4 and c["gradient_clipping"] == 0.5
+    assert c["bf16"]["enabled"] and not c["fp16"]["enabled"]
+    z = c["zero_optimization"]
+    assert z["stage"] == 3 and z["stage3_gather_16bit_weights_on_model_save"]
+    assert z["offload_optimizer"]["device"] == "cpu" == z["offload_param"]["device"]
+    assert z["reduce_bucket_size"] == 1000  # user keys merged, not replacing
+    assert c["optimizer"]["type"] == "AdamW"  # offload needs DeepSpeed's CPU Adam
+
+
+def test_argv_is_a_list_with_launcher_options(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node1 slots=4\nnode2 slots=4 # second\n")
+    p = _P(
+        launcher="deepspeed",
+        deepspeed={"hostfile": str(hosts), "num_nodes": 2, "master_port": 29611},
+    )
+    assert dl.world_size(p) == 8
+    argv = dl.launcher_argv(p, tmp_path / "job.json", 8)
+    assert argv[0].endswith("deepspeed")
+    assert argv[argv.index("--hostfile") + 1] == str(hosts)
+    assert argv[argv.index("--num_nodes") + 1] == "2"
+    assert argv[argv.index("--master_port") + 1] == "29611"
+    assert argv[argv.index("--module") + 1] == "stages.common.train.worker"
+    p1 = _P(launcher="deepspeed", deepspeed={"num_gpus": 2})
+    assert dl.launcher_argv(p1, tmp_path / "j", 2)[1:3] == ["--num_gpus", "2"]
+
+
+def test_multi_node_needs_hostfile():
+    with pytest.raises(ValueError, match="deepspeed.hostfile"):
+        _P(launcher="deepspeed", deepspeed={"num_nodes": 2})
+
+
+def test_failed_launch_raises_with_exit_code(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.jsonl").write_text('{"id": 1}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    p = _P(launcher="deepspeed", steps=1, deepspeed={"num_gpus": 1})
+    monkeypatch.setattr(
+        dl,
+        "launcher_argv",
+        lambda *a: [
+            sys.executable,
+            "-c",
+            "print('rank 0 failed'); raise SystemExit(3)",
+        ],
+    )
+    job = {"out_dir": str(out), "inputs": {"data": str(data)}}
+    with pytest.raises(RuntimeError, match="exited with 3") as e:
+        dl.run_deepspeed(job, p, RunContext())
+    assert "rank 0 failed" in str(e.value)
+    assert (out / "deepspeed_config.json").exists()
+
+
+def test_check_loadable_refuses_missing_weights(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    ).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="wrote no"):
+        dl.check_loadable(tmp_path)
+    save_file(
+        {"model.embed_tokens.weight": torch.zeros(32, 16)},
+        str(tmp_path / "model.safetensors"),
+    )
+    with pytest.raises(RuntimeError, match="does not load"):
+        dl.check_loadable(tmp_path)
