@@ -79,8 +79,6 @@ def make_inputs(work: Path, size: str) -> tuple[Path, Path, int]:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process; prints a JSON line."""
-    import resource
-
     import torch
 
     torch.set_num_threads(args.threads)
@@ -107,8 +105,11 @@ def child(args: argparse.Namespace) -> None:
         )
         inputs = {"model": Path(args.model), "calib": Path(args.data)}
         run(params, inputs, out, RunContext(name=args.child))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"time_s": time.perf_counter() - t0, "peak_rss_mb": peak}))
+    from stages.prune.stage import peak_rss_mb
+
+    print(
+        json.dumps({"time_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()})
+    )
 
 
 def measure(what: str, model: Path, data: Path, args: argparse.Namespace) -> dict:
