@@ -117,13 +117,15 @@ def _slice(lin: Any, idx: Any, dim: int) -> Any:
     """A new Linear keeping output rows (dim 0) or input columns (dim 1)."""
     import torch
 
-    w = lin.weight.data.index_select(dim, idx.to(lin.weight.device)).clone()
+    w = lin.weight.data.index_select(dim, idx.to(lin.weight.device))
     bias = lin.bias is not None
-    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=w.dtype)
-    new.weight.data = w
+    # built on meta (no random init of a large matrix), then given the slices
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias, device="meta")
+    new.weight = torch.nn.Parameter(w, requires_grad=lin.weight.requires_grad)
     if bias:
         b = lin.bias.data
-        new.bias.data = b.index_select(0, idx).clone() if dim == 0 else b.clone()
+        b = b.index_select(0, idx.to(b.device)) if dim == 0 else b.clone()
+        new.bias = torch.nn.Parameter(b, requires_grad=lin.bias.requires_grad)
     return new
 
 
