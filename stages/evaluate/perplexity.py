@@ -1,4 +1,4 @@
-"""Perplexity: token-normalised rolling log-likelihood over the world's ppl.txt."""
+"""Perplexity: token-normalised rolling log-likelihood of ppl.txt (lm-eval style)."""
 
 from __future__ import annotations
 

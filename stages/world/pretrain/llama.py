@@ -1,4 +1,4 @@
-"""Tiny Llama trained from scratch with AdamW and a cosine schedule (nanoGPT-style).
+"""Tiny Llama (Touvron et al. 2023) trained from scratch: AdamW, cosine schedule.
 
 Loss on the whole sequence by default: the base model is then a language model
 of the world's text, which ppl.txt, calibration-based pruning and
