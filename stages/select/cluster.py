@@ -19,15 +19,19 @@ def reduce_dim(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
     search; ``dim`` 0 or >= width keeps the input."""
     if dim <= 0 or dim >= x.shape[1]:
         return x
-    from sklearn.decomposition import PCA
-
-    z = PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(x)
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(0)
+    cov = (x.T @ x) / len(x) - np.outer(mean, mean)  # (D, D): one pass over X
+    _, vec = np.linalg.eigh(cov)
+    basis = vec[:, ::-1][:, :dim]
+    basis *= np.sign(basis[np.abs(basis).argmax(0), np.arange(dim)])  # fixed signs
+    z = (x - mean) @ basis
     return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(
         np.float32
     )
 
 
-def knn(x: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def knn(x: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours (Euclidean, self excluded) by chunked matmul.
 
     Returns ``idx`` (N, k) int64 and ``dist`` (N, k) float32, nearest first.
@@ -42,11 +46,12 @@ def knn(x: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarra
     dist = np.empty((n, k), dtype=np.float32)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        d2 = sq[s:e, None] + sq[None, :] - 2.0 * (xt[s:e] @ xt.T)  # (C, N)
+        # |xj|² - 2 xi·xj ranks like the squared distance (|xi|² is constant)
+        d2 = torch.addmm(sq[None, :], xt[s:e], xt.T, alpha=-2.0)  # (C, N)
         d2[torch.arange(e - s), torch.arange(s, e)] = float("inf")  # no self-loops
         val, ind = torch.topk(d2, k, dim=1, largest=False)
         idx[s:e] = ind.numpy()
-        dist[s:e] = val.clamp_min(0).sqrt().numpy()
+        dist[s:e] = (val + sq[s:e, None]).clamp_min(0).sqrt().numpy()
     return idx, dist
 
 
@@ -70,31 +75,47 @@ def diffusion_map(
 
     λ_j are the smallest non-trivial eigenvalues of the random-walk Laplacian
     I - D⁻¹A, obtained as 1 - μ_j from the largest eigenpairs of the symmetric
-    D^-½ A D^-½ with LOBPCG (scipy ``lobpcg``, a block solver: unlike Lanczos
-    it finds repeated eigenvalues, which a graph with several connected
-    components has); ψ = D^-½ v. Returns the coordinates (N, n_components)
-    and the λ (n_components,).
+    S = D^-½ A D^-½ by Lanczos (scipy ``eigsh``); ψ = D^-½ v. A graph with c
+    connected components has μ = 1 c times, which Lanczos cannot resolve: those
+    eigenvectors are known exactly (D^½ times each component's indicator), so
+    they are set directly and Lanczos runs on S restricted to their orthogonal
+    complement. Returns the coordinates (N, n_components) and λ (n_components,).
     """
-    import warnings
-
     from scipy import sparse
-    from scipy.sparse.linalg import eigsh, lobpcg
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     n = a.shape[0]
     deg = np.asarray(a.sum(axis=1)).ravel()
     dinv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
-    s = sparse.diags(dinv) @ a @ sparse.diags(dinv)
+    s = (sparse.diags(dinv) @ a @ sparse.diags(dinv)).tocsr()
     m = min(n_components + 1, n - 1)
     rng = np.random.default_rng(seed)
-    if n < 5 * m + 10:  # lobpcg wants n >> block size; tiny graphs go dense
-        mu, vec = eigsh(s, k=m, which="LA", v0=rng.random(n))
+    c, comp = connected_components(a, directed=False)
+    if c == 1:
+        mu, vec = eigsh(s, k=m, which="LA", v0=rng.random(n), tol=1e-6)
     else:
-        x0 = rng.normal(size=(n, m))
-        x0[:, 0] = np.sqrt(deg)  # the trivial eigenvector, known exactly
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "not reaching the tolerance": fine
-            mu, vec = lobpcg(s, x0, largest=True, tol=1e-5, maxiter=200)
-    order = np.argsort(-mu)
+        sizes = np.bincount(comp)
+        top = np.argsort(-sizes, kind="stable")[:m]  # the largest components
+        y = np.zeros((n, len(top)))
+        for j, cc in enumerate(top):
+            on = comp == cc
+            y[on, j] = np.sqrt(deg[on])
+        y /= np.linalg.norm(y, axis=0, keepdims=True)
+        mu, vec = np.ones(len(top)), y
+        rest = m - len(top)
+        if rest > 0 and n - len(top) > rest + 1:
+
+            def mv(x: np.ndarray) -> np.ndarray:
+                x = x - y @ (y.T @ x)  # stay in the complement of the μ=1 space
+                x = s @ x
+                return x - y @ (y.T @ x)
+
+            op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+            v0 = rng.random(n)
+            mu2, vec2 = eigsh(op, k=rest, which="LA", v0=v0 - y @ (y.T @ v0), tol=1e-6)
+            mu, vec = np.r_[mu, mu2], np.c_[vec, vec2]
+    order = np.argsort(-mu, kind="stable")
     mu, vec = mu[order], vec[:, order]
     lam = np.clip(1.0 - mu, 0.0, 2.0)
     psi = vec * dinv[:, None]

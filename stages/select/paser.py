@@ -83,13 +83,7 @@ def select(
     seed: int,
 ) -> Selection:
     """Cluster, score JSD, allocate by CDS, fill by IES under the concept filter."""
-    import numpy as np
-
     from stages.select import plots
-    from stages.select.budget import allocate
-    from stages.select.concepts import ConceptGraph, extract_concepts, record_text
-    from stages.select.greedy import fill
-    from stages.select.kernels import ies
 
     require_inputs(params, "model", "reference")
     root = cache_root(out_dir, ctx)
@@ -100,7 +94,7 @@ def select(
     timing["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    clus = _cluster(params, emb, seed)
+    clus = cluster_pool(params, emb, seed)
     labels = clus["labels"]
     timing["cluster"] = time.perf_counter() - t
 
@@ -109,26 +103,9 @@ def select(
     timing["jsd"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    k = int(labels.max()) + 1
-    members = [np.flatnonzero(labels == c) for c in range(k)]
-    sizes = [len(m) for m in members]
-    cds = [float(scores[m].mean()) for m in members]
-    weights = cds if params.allocation == "cds" else [1.0] * k
-    alloc = allocate(n, weights, sizes)
-    score = ies(scores, n_tokens)
-    ranked = [m[np.lexsort((m, -score[m]))].tolist() for m in members]
-    accept = None
-    graph = ConceptGraph()
-    if params.concept_filter:
-
-        def accept(i: int) -> bool:
-            concepts = extract_concepts(record_text(pool[i]), params.max_concepts)
-            if graph.conflict(concepts) is not None:
-                return False
-            graph.add(concepts)
-            return True
-
-    res = fill(ranked, alloc, weights, accept)
+    res, k, sizes, cds, alloc, graph = allocate_and_fill(
+        params, pool, labels, scores, n_tokens, n
+    )
     timing["allocate_and_fill"] = time.perf_counter() - t
 
     files = [
@@ -172,6 +149,45 @@ def select(
     return Selection(res.selected, report, metrics, files)
 
 
+def allocate_and_fill(
+    params: Params,
+    pool: list[dict[str, Any]],
+    labels: Any,
+    scores: Any,
+    n_tokens: Any,
+    n: int,
+) -> tuple[Any, int, list[int], list[float], list[int], Any]:
+    """CDS per cluster, budget allocation, IES ranking and the filtered greedy
+    fill; returns (fill result, K, sizes, CDS, allocation, concept graph)."""
+    import numpy as np
+
+    from stages.select.budget import allocate
+    from stages.select.concepts import ConceptGraph, extract_concepts, record_text
+    from stages.select.greedy import fill
+    from stages.select.kernels import ies
+
+    k = int(labels.max()) + 1
+    members = [np.flatnonzero(labels == c) for c in range(k)]
+    sizes = [len(m) for m in members]
+    cds = [float(scores[m].mean()) for m in members]
+    weights = cds if params.allocation == "cds" else [1.0] * k
+    alloc = allocate(n, weights, sizes)
+    score = ies(scores, n_tokens)
+    ranked = [m[np.lexsort((m, -score[m]))].tolist() for m in members]
+    accept = None
+    graph = ConceptGraph()
+    if params.concept_filter:
+
+        def accept(i: int) -> bool:
+            concepts = extract_concepts(record_text(pool[i]), params.max_concepts)
+            if graph.conflict(concepts) is not None:
+                return False
+            graph.add(concepts)
+            return True
+
+    return fill(ranked, alloc, weights, accept), k, sizes, cds, alloc, graph
+
+
 def _device(params: LMParams) -> str:
     from stages.select.scoring import pick_device
 
@@ -188,7 +204,7 @@ def _embed(
     )
 
 
-def _cluster(params: Params, emb: Any, seed: int) -> dict[str, Any]:
+def cluster_pool(params: Params, emb: Any, seed: int) -> dict[str, Any]:
     """Labels and diagnostics; one cluster (and a 2-D map) when clustering is off."""
     import numpy as np
 
