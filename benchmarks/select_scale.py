@@ -37,8 +37,8 @@ def make_pool(n: int, out: Path, noise: float = 0.05) -> Path:
     ask = n
     while True:  # closed families run out of phrasings: ask for more, then trim
         p = synthetic.Params(pool_size=ask, pretrain_size=10, ppl_size=0, noise=noise)
-        run(p, {}, out / "world", RunContext(seed=0))
-        recs = read_dataset(out / "world")
+        run(p, {}, out / f"world{ask}", RunContext(seed=0))
+        recs = read_dataset(out / f"world{ask}")
         if len(recs) >= n:
             break
         ask = int(ask * n / len(recs) * 1.05) + 1
