@@ -190,8 +190,9 @@ def main() -> None:
     )
     for t in table:
         print(
-            f"{t['method']:<12}{t['budget']:>7.2f}  {t['em_mean']:.3f} ± {t['em_std']:.3f}"
-            f"  {t['ppl_mean']:9.3f} ± {t['ppl_std']:.3f}  {t['corrupted']:>9.1f}"
+            f"{t['method']:<12}{t['budget']:>7.2f}  "
+            f"{t['em_mean']:.3f} ± {t['em_std']:.3f}  "
+            f"{t['ppl_mean']:9.3f} ± {t['ppl_std']:.3f}  {t['corrupted']:>9.1f}"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "select_quality.json").write_text(
