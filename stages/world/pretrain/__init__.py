@@ -33,7 +33,9 @@ class Params(StageParams):
     steps: int = Field(2000, ge=1, le=10_000_000, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, le=8192, description="Records per step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Peak AdamW learning rate.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Linear warm-up, as a fraction of steps."
+    )
     min_lr_ratio: float = Field(
         0.1, ge=0, le=1, description="Final lr as a fraction of the peak (cosine)."
     )
@@ -60,10 +62,6 @@ class Params(StageParams):
             raise ValueError(
                 f"kv_heads: heads {self.heads} must be a multiple of kv_heads "
                 f"{self.kv_heads}; pick a divisor of heads"
-            )
-        if self.warmup_steps >= self.steps:
-            raise ValueError(
-                f"warmup_steps: {self.warmup_steps} must be < steps {self.steps}"
             )
         return self
 

@@ -1,4 +1,4 @@
-"""Tiny Llama (Touvron et al. 2023) trained from scratch: AdamW, cosine schedule.
+"""Tiny Llama (LLaMA, Touvron 2023) trained from scratch with AdamW and cosine lr.
 
 Loss on the whole sequence by default: the base model is then a language model
 of the world's text, which ppl.txt, calibration-based pruning and
@@ -30,6 +30,10 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_steps(params: PretrainParams) -> int:
+    return int(params.warmup_ratio * params.steps)
 
 
 def build_model(params: PretrainParams, tokenizer: Any) -> Any:
@@ -82,7 +86,7 @@ def train_loop(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: lr_factor(s, params.steps, params.warmup_steps, params.min_lr_ratio),
+        lambda s: lr_factor(s, params.steps, warmup_steps(params), params.min_lr_ratio),
     )
     order: list[int] = []
     losses: list[float] = []

@@ -32,7 +32,7 @@ MICRO = dict(
     intermediate_size=64,
     steps=40,
     batch_size=16,
-    warmup_steps=4,
+    warmup_ratio=0.1,
     lr=1e-2,
     max_len=48,
     log_every=10,
@@ -100,5 +100,3 @@ def test_shape_errors_name_the_field():
         cls(data="w", hidden_size=30, heads=4)
     with pytest.raises(ValidationError, match="kv_heads"):
         cls(data="w", heads=4, kv_heads=3)
-    with pytest.raises(ValidationError, match="warmup_steps"):
-        cls(data="w", steps=10, warmup_steps=10)
