@@ -61,7 +61,7 @@ def _masked_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     for name in self.active_adapters:
         if name not in self.lora_A:
             continue
-        delta = self.get_delta_weight(name).masked_fill(self.carp_drop, 0)  # (O, I)
+        delta = self.get_delta_weight(name) * self.carp_keep  # (O, I), masked
         xin = self.lora_dropout[name](x).to(delta.dtype)
         out = out + F.linear(xin, delta).to(out.dtype)
     return out
@@ -107,7 +107,8 @@ def wrap(params: Params, model: Any, masks: dict[str, Any]) -> Any:
         for name, layer in _lora_layers(peft_model):
             keep = masks.get(_base_name(name))
             if keep is not None:
-                layer.register_buffer("carp_drop", ~keep.bool(), persistent=False)
+                dtype = layer.base_layer.weight.dtype
+                layer.register_buffer("carp_keep", keep.to(dtype), persistent=False)
                 layer.forward = types.MethodType(_masked_lora_forward, layer)
     return peft_model
 

@@ -4,13 +4,11 @@ ZeRO, Rajbhandari et al. 2020). Runs inside each launcher rank."""
 from __future__ import annotations
 
 import contextlib
-import math
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from stages.common.train.masking import install_grad_masks
-from stages.common.train.schedule import lr_factor
+from stages.common.train.torch_backend import adamw, lr_lambda
 
 
 class DeepSpeedBackend:
@@ -35,13 +33,10 @@ class DeepSpeedBackend:
         # the hooks must see full-shape gradients before they are reduced
         install_grad_masks(model, masks)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        warm = math.floor(cfg.warmup * total)
-        fn = partial(lr_factor, total=total, warmup_steps=warm, schedule=cfg.schedule)
+        fn = lr_lambda(cfg, total)
         optimizer = None
         if "optimizer" not in ds_config:  # offload brings DeepSpeed's CPU Adam
-            optimizer = torch.optim.AdamW(
-                trainable, lr=cfg.lr, weight_decay=cfg.weight_decay
-            )
+            optimizer = adamw(trainable, cfg)  # exactly the in-process optimizer
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=trainable,
@@ -79,12 +74,32 @@ class DeepSpeedBackend:
         dist.barrier()
 
     def save_checkpoint(self, root: Path, tag: str) -> None:
+        """ZeRO partitions via the engine + this rank's RNG state (dropout)."""
+        import torch
+        from deepspeed.accelerator import get_accelerator
+
         self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["device"] = get_accelerator().get_rng_state()
+        torch.save(rng, root / tag / f"rng_rank{self.rank}.pt")
 
     def load_checkpoint(self, root: Path, tag: str) -> None:
+        # DeepSpeed reads its own partition files with torch.load(weights_only=
+        # False); they were written by this stage into its checkpoint folder
+        # and are only read when state.json carries this run's fingerprint.
+        import torch
+        from deepspeed.accelerator import get_accelerator
+
         path, _ = self.engine.load_checkpoint(str(root), tag=tag)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+        f = root / tag / f"rng_rank{self.rank}.pt"
+        if f.exists():
+            rng = torch.load(f, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+            if "device" in rng:
+                get_accelerator().set_rng_state(rng["device"])
 
     def gather_trainable(self) -> dict[str, Any]:
         """Full fp32 values of every trainable parameter (rank 0; {} elsewhere).

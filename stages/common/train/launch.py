@@ -131,8 +131,8 @@ def write_curve(
     """Loss curve as CSV (for `dvc plots`) and PNG (for MLflow); relative paths."""
     import csv
 
-    cols = ["step", "loss", "lr", "grad_norm", "tokens_per_s"]
-    extra = sorted({k for r in history for k in r} - set(cols) - {"tokens", "seconds"})
+    cols = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "seconds"]
+    extra = sorted({k for r in history for k in r} - set(cols))
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols + extra)
