@@ -46,6 +46,7 @@ def stage(
     method = params.get("method") or mod.DEFAULT_METHOD
     cls = mod.METHODS.load(method).Params if method else mod.Params
     p = cls(**{**params, **({"method": method} if method else {})})
+    out.mkdir(parents=True, exist_ok=True)  # the engine hands stages a made folder
     res = mod.run(
         p, inputs, out, RunContext(seed=seed, checkpoint_dir=ck, name=out.name)
     )
@@ -54,13 +55,10 @@ def stage(
 
 
 def summarise(metrics: dict[str, float]) -> dict[str, float]:
-    """Mean per-family exact match and the perplexity, from evaluate metrics."""
-    em = [
-        v
-        for k, v in metrics.items()
-        if "exact_match" in k and "/" in k and not k.endswith("mean")
-    ]
-    ppl = [v for k, v in metrics.items() if "perplexity" in k and "word" not in k]
+    """Mean per-family exact match (``<model>/em/<family>``) and perplexity
+    (``<model>/ppl``) from the evaluate stage's metrics."""
+    em = [v for k, v in metrics.items() if "/em/" in k and not k.endswith("/mean")]
+    ppl = [v for k, v in metrics.items() if k.endswith("/ppl")]
     return {
         "exact_match": statistics.fmean(em) if em else float("nan"),
         "perplexity": statistics.fmean(ppl) if ppl else float("nan"),
