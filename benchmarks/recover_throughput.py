@@ -7,7 +7,8 @@ machine therefore hits both sides alike. Steps are timed in process CPU
 seconds by default (``--clock wall`` for wall time); the first 3 steps of each
 side are warm-up and not counted. Methods: full, lora on the dense model,
 lora on the sparse model (the masked update costs an extra matmul per
-adapted layer), distill.
+adapted layer; ``lora-sparse-merge-only`` trains the plain update and only
+masks the merge), distill.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recover_throughput.py
 """
@@ -129,6 +130,8 @@ def interleaved(
     if name == "distill":
         kw["teacher"] = "t"
         inputs["teacher"] = folders["dense"]
+    if method == "lora-sparse-merge-only":  # dense update in training, masked merge
+        kw["masked_forward"] = False
     params = METHODS.load(name).Params(**kw)
     bare = bare_steps(method, folders, micro, lr, 0, fused)
     stage_rec: list[tuple[float, float]] = []

@@ -43,12 +43,16 @@ class TrainTask:
 
     model: Any
     loss_fn: LossFn
-    examples: list[tuple[list[int], list[int]]]
+    examples: list[Any]  # (ids, labels) pairs for the default collate
     pad_id: int
     fingerprint: str  # checkpoints made under another fingerprint are discarded
     masks: dict[str, Any] = field(default_factory=dict)  # trainable name -> keep
     finalize: Callable[[Any, Path], dict[str, Any]] | None = None
     fresh_model: Callable[[], Any] | None = None  # for gathering sharded weights
+    # examples -> batch of tensors; the default pads (ids, labels) pairs. A
+    # custom one (e.g. forget + retain pairs for unlearning) must still return
+    # "attention_mask", which the tokens/s count reads.
+    collate: Callable[[list[Any], int], dict[str, Any]] | None = None
 
 
 class Backend(Protocol):
@@ -129,6 +133,7 @@ def train(
             start, history = found[1]["step"], found[1]["history"]
     model = task.model
     model.train()
+    collate_fn = task.collate or collate
     for step in range(start, total):
         info = StepInfo(step, total)
         t0 = time.perf_counter()
@@ -139,7 +144,7 @@ def train(
         for mb in rank_micro_batches(
             global_batch(n, step, size, seed), m, g, backend.rank
         ):
-            batch = collate([task.examples[i] for i in mb], task.pad_id)
+            batch = collate_fn([task.examples[i] for i in mb], task.pad_id)
             batch = {k: v.to(backend.device) for k, v in batch.items()}
             with backend.autocast():
                 loss, logs = task.loss_fn(model, batch, info)

@@ -191,3 +191,22 @@ def test_validation_names_the_field():
             launcher="deepspeed",
             deepspeed={"zero_stage": 2, "offload_params": True},
         )
+
+
+def test_dense_input_trains_dense_and_writes_no_mask(tiny, tmp_path):
+    """Structured (width/depth) pruning outputs carry no mask: they train as the
+    dense models they are."""
+    from stages.recover import run
+    from stages.recover.full import Params
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run(
+        Params(model="dense", data="data", steps=2),
+        {"model": tiny["dense"], "data": tiny["data"]},
+        out,
+        RunContext(),
+    )
+    assert not (out / "masks.safetensors").exists()
+    before, after = _weights(tiny["dense"]), _weights(out)
+    assert all(not (after[k] == before[k]).all() for k in before)
