@@ -62,12 +62,12 @@ class TrainParams(StageParams):
     """Optimisation, batching, precision, checkpointing and launcher fields."""
 
     epochs: float = Field(
-        1.0, gt=0, description="Passes over the data (ignored when `steps` is set)."
+        2.0, gt=0, description="Passes over the data (ignored when `steps` is set)."
     )
     steps: int | None = Field(
         None, ge=1, description="Optimizer steps; overrides `epochs` when set."
     )
-    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="Learning-rate decay after warmup."
     )
@@ -78,7 +78,9 @@ class TrainParams(StageParams):
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the global gradient norm; None = no clipping."
     )
-    micro_batch: int = Field(8, ge=1, description="Examples per forward pass per rank.")
+    micro_batch: int = Field(
+        16, ge=1, description="Examples per forward pass per rank."
+    )
     grad_accum: int = Field(
         1, ge=1, description="Micro-batches per optimizer step per rank."
     )
