@@ -7,6 +7,8 @@ tests can assert exact zero fractions; ties are broken by ``torch.topk`` order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -57,19 +59,15 @@ def global_threshold(weights: list[torch.Tensor], k: int) -> tuple[float, int]:
     return float(t), k - below
 
 
-def keep_masks_global_abs(
+def iter_masks_global_abs(
     weights: dict[str, torch.Tensor], sparsity: float
-) -> dict[str, torch.Tensor]:
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Across layers: prune the ``floor(s * total)`` smallest |w| of all matrices
-    together, so per-layer sparsity varies while the global one is exact."""
+    together, so per-layer sparsity varies while the global one is exact. The
+    threshold is fixed first; masks are then yielded one matrix at a time."""
     total = sum(w.numel() for w in weights.values())
     k = n_pruned(total, sparsity)
-    if not k:
-        return {
-            name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()
-        }
-    t, ties = global_threshold(list(weights.values()), k)
-    masks = {}
+    t, ties = global_threshold(list(weights.values()), k) if k else (-1.0, 0)
     for name, w in weights.items():
         a = w.abs().float()
         keep = a >= t  # entries below t are pruned; ties decided next
@@ -77,8 +75,14 @@ def keep_masks_global_abs(
             eq = (a == t).reshape(-1).nonzero().squeeze(1)[:ties]
             keep.view(-1)[eq] = False
             ties -= len(eq)
-        masks[name] = keep
-    return masks
+        yield name, keep
+
+
+def keep_masks_global_abs(
+    weights: dict[str, torch.Tensor], sparsity: float
+) -> dict[str, torch.Tensor]:
+    """:func:`iter_masks_global_abs` as a dict."""
+    return dict(iter_masks_global_abs(weights, sparsity))
 
 
 def keep_mask_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -117,6 +117,18 @@ class BlockRunner:
         self.inps = outs
 
 
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS between blocks: glibc keeps freed
+    block-sized temporaries in its arenas, which shows up as RSS growth."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def resolve_device(device: str) -> Any:
     """'auto' -> cuda when available, else cpu."""
     import torch
@@ -139,9 +151,12 @@ def prune_blockwise(
     """Calibrate and prune each block's selected linears in turn.
 
     ``make(linear)`` builds an input-statistics accumulator; ``prune(weight,
-    acc)`` returns ``(new_weight, keep_mask)``. Returns keep-masks by module name.
+    acc)`` returns ``(new_weight, keep_mask)``. Returns bit-packed keep-masks by
+    module name.
     """
     import torch
+
+    from stages.prune.maskio import pack
 
     runner = BlockRunner(model, ids, resolve_device(params.device), params.batch_size)
     masks: dict[str, Any] = {}
@@ -153,6 +168,7 @@ def prune_blockwise(
                 for name, lin in groups[i].items():
                     w, keep = prune(lin.weight.data, accs.pop(name))
                     lin.weight.data.copy_(w.to(lin.weight.dtype))
-                    masks[name] = keep.cpu()
+                    masks[name] = pack(keep)
         runner.advance(i, runner.forward(block))
+        release_memory()
     return masks

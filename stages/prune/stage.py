@@ -10,6 +10,7 @@ from typing import Any
 
 from pipelines.contract import RunContext, StageResult
 from stages.prune.calib import Calibration
+from stages.prune.maskio import write_masks
 from stages.prune.targets import Pruned
 
 _BLOCK = re.compile(r"\.layers\.(\d+)\.")
@@ -101,7 +102,7 @@ def execute(
     io.save_model(model, tok, out_dir)
     masks = {f"{k}.weight": v for k, v in result.masks.items()}
     if masks:
-        io.save_masks(masks, out_dir)
+        write_masks(masks, out_dir / io.MASKS_FILE)
     metrics: dict[str, float] = {
         "params_before": float(before),
         "params_after": float(after),

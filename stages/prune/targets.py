@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass
 class Pruned:
-    """A method's result: keep-masks by parameter name (mask methods) or a note
+    """A method's result: bit-packed keep-masks by module name (mask methods,
+    ``maskio.PackedMask``) or a note
     that the model's shapes changed (structured methods), plus extra metrics and
     manifest entries."""
 

@@ -144,3 +144,22 @@ def test_tied_lm_head_is_refused(tmp_path):
     save_model(model, char_tokenizer(), src)
     with pytest.raises(ValueError, match="tied"):
         _run(src, tmp_path, include=["*"], exclude=[])
+
+
+def test_packed_masks_stream_to_standard_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from stages.prune.maskio import pack, write_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = {
+        "b.weight": torch.rand(7, 13, generator=g)
+        > 0.5,  # 91 bits: not a byte multiple
+        "a.weight": torch.rand(3, 8, generator=g) > 0.3,
+        "c.weight": torch.ones(1, 1, dtype=torch.bool),
+    }
+    write_masks({k: pack(v) for k, v in masks.items()}, tmp_path / "m.safetensors")
+    back = load_file(str(tmp_path / "m.safetensors"))
+    assert set(back) == set(masks)
+    for k, v in masks.items():
+        assert back[k].dtype == torch.bool and torch.equal(back[k], v)
