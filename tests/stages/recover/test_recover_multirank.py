@@ -110,3 +110,51 @@ def test_zero2_resumes_from_its_checkpoint(tiny, tmp_path):
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_lora_zero3_two_ranks_merge_keeps_mask(tiny, tmp_path):
+    """LoRA adapters gathered from ZeRO-3 shards, merged under the mask on rank 0,
+    and the same result as one process."""
+    import torch
+    from safetensors.torch import load_file
+
+    from stages.common.io import load_masks
+    from stages.recover.lora import Params
+
+    lora = dict(COMMON, rank=4, dropout=0.0, save_adapter=True)
+    ds = Params(
+        **lora, launcher="deepspeed", deepspeed={"num_gpus": 2, "zero_stage": 3}
+    )
+    _run(ds, tiny, tmp_path / "ds")
+    _run(Params(**lora, grad_accum=2), tiny, tmp_path / "one")
+    a = load_file(str(tmp_path / "ds" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model.safetensors"))
+    before = load_file(str(tiny["sparse"] / "model.safetensors"))
+    for name, keep in load_masks(tiny["sparse"]).items():
+        assert ((a[name] == 0) == ~keep).all(), name
+        assert not torch.equal(a[name], before[name]), name  # the update landed
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "ds" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_bf16_zero2_one_rank_runs_on_cpu(tiny, tmp_path):
+    from stages.common.io import load_masks, load_model
+    from stages.recover.full import Params
+
+    params = Params(
+        **COMMON,
+        precision="bf16",
+        launcher="deepspeed",
+        deepspeed={"num_gpus": 1, "zero_stage": 2},
+    )
+    res, logged = _run(params, tiny, tmp_path / "out")
+    model = load_model(tmp_path / "out")
+    named = dict(model.named_parameters())
+    for name, keep in load_masks(tiny["sparse"]).items():
+        assert ((named[name] == 0) == ~keep).all(), name
+    assert (
+        len(logged) == 4 and res.metrics["final_loss"] < res.metrics["first_loss"] + 1
+    )
