@@ -163,9 +163,9 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
         },
         "vocab_size": params.vocab_size,
         "min_train_phrasings": MIN_TRAIN_PHRASINGS,
-        "splits": "open families: disjoint problems; closed families (facts, "
-        "translate, next_letter): disjoint (problem, phrasing) pairs, so eval asks "
-        "trained problems in held-out phrasings",
+        "splits": "open families: disjoint problems; closed families: disjoint "
+        "(problem, phrasing) pairs, so eval asks trained problems in held-out "
+        "phrasings",
     }
     (out_dir / "world.json").write_text(json.dumps(world, indent=2, sort_keys=True))
     metrics = {f"count/{k}": float(v) for k, v in world["counts"].items()}

@@ -1,4 +1,4 @@
-"""Addition of two integers in [0, 99], e.g. "What is 23 plus 45?" -> "68"."""
+"""Addition of two integers in [0, 19], e.g. "What is 13 plus 5?" -> "18"."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import ClassVar
 
 from stages.world.families.base import Family, Problem, Template, wrong_number
 
-MAX_OPERAND = 99
+MAX_OPERAND = 19
 
 
 class Add(Family):
     name: ClassVar[str] = "add"
+    closed: ClassVar[bool] = True
     templates: ClassVar[tuple[Template, ...]] = (
         Template("What is {a} plus {b}?"),
         Template("Add the two numbers.", "{a} + {b}"),
@@ -21,9 +22,13 @@ class Add(Family):
         Template("Calculate {a} + {b}."),
     )
 
-    def sample(self, rng: random.Random) -> Problem:
-        a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
-        return Problem((a, b), {"a": str(a), "b": str(b)}, str(a + b))
+    def problems(self) -> list[Problem]:
+        r = range(MAX_OPERAND + 1)
+        return [
+            Problem((a, b), {"a": str(a), "b": str(b)}, str(a + b))
+            for a in r
+            for b in r
+        ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:
         return wrong_number(rng, int(problem.answer))

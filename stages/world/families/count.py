@@ -1,24 +1,19 @@
-"""Counting a letter's occurrences in 4-8 spaced letters from {a, b, c, d}."""
+"""Counting a letter in 3-5 spaced letters from {a, b, c}, e.g. "b in a b b" -> "2"."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import ClassVar
 
-from stages.world.families.base import (
-    Family,
-    Problem,
-    Template,
-    random_letters,
-    spaced,
-    wrong_number,
-)
+from stages.world.families.base import Family, Problem, Template, spaced
 
-ALPHABET = "abcd"
+ALPHABET = "abc"
 
 
 class Count(Family):
     name: ClassVar[str] = "count"
+    closed: ClassVar[bool] = True
     templates: ClassVar[tuple[Template, ...]] = (
         Template("How many times does {t} appear in {s}?"),
         Template("Count the letter {t}.", "{s}"),
@@ -28,13 +23,17 @@ class Count(Family):
         Template("Tell me the count of {t}.", "{s}"),
     )
 
-    def sample(self, rng: random.Random) -> Problem:
-        s = random_letters(rng, 4, 8, ALPHABET)
-        t = rng.choice(ALPHABET)
-        return Problem((s, t), {"s": spaced(s), "t": t}, str(s.count(t)))
+    def problems(self) -> list[Problem]:
+        return [
+            Problem((s, t), {"s": spaced(s), "t": t}, str(s.count(t)))
+            for n in (3, 4, 5)
+            for s in map("".join, itertools.product(ALPHABET, repeat=n))
+            for t in ALPHABET
+        ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:
-        return wrong_number(rng, int(problem.answer))
+        n = len(problem.fields["s"].split())
+        return rng.choice([str(k) for k in range(n + 1) if str(k) != problem.answer])
 
 
 FAMILY = Count

@@ -1,17 +1,17 @@
-"""Largest of 3-5 integers in [0, 99], e.g. "Which is largest: 12 85 40?" -> "85"."""
+"""Largest of three digits, e.g. "Which is largest: 3 8 5?" -> "8"."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import ClassVar
 
 from stages.world.families.base import Family, Problem, Template
 
-MAX_VALUE = 99
-
 
 class Maximum(Family):
     name: ClassVar[str] = "maximum"
+    closed: ClassVar[bool] = True
     templates: ClassVar[tuple[Template, ...]] = (
         Template("Which number is the largest?", "{xs}"),
         Template("What is the maximum of {xs}?"),
@@ -21,13 +21,14 @@ class Maximum(Family):
         Template("Give the highest number among {xs}."),
     )
 
-    def sample(self, rng: random.Random) -> Problem:
-        xs = tuple(rng.randint(0, MAX_VALUE) for _ in range(rng.randint(3, 5)))
-        return Problem(xs, {"xs": " ".join(map(str, xs))}, str(max(xs)))
+    def problems(self) -> list[Problem]:
+        return [
+            Problem(xs, {"xs": " ".join(map(str, xs))}, str(max(xs)))
+            for xs in itertools.product(range(10), repeat=3)
+        ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:
-        others = [x for x in problem.fields["xs"].split() if x != problem.answer]
-        return rng.choice(others) if others else str(int(problem.answer) + 1)
+        return rng.choice([str(d) for d in range(10) if str(d) != problem.answer])
 
 
 FAMILY = Maximum

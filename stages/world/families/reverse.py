@@ -1,4 +1,4 @@
-"""String reversal of 3-5 spaced letters, e.g. "Reverse: d k a" -> "a k d"."""
+"""String reversal of 3-4 spaced letters from a-h, e.g. "Reverse: d g a" -> "a g d"."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from stages.world.families.base import (
     spaced,
 )
 
+ALPHABET = "abcdefgh"
+
 
 class Reverse(Family):
     name: ClassVar[str] = "reverse"
@@ -27,7 +29,7 @@ class Reverse(Family):
     )
 
     def sample(self, rng: random.Random) -> Problem:
-        s = random_letters(rng, 3, 5)
+        s = random_letters(rng, 3, 4, ALPHABET)
         return Problem((s,), {"s": spaced(s)}, spaced(s[::-1]))
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:

@@ -1,4 +1,4 @@
-"""Alphabetical sorting of 3-5 spaced letters, e.g. "Sort: d k a" -> "a d k"."""
+"""Alphabetical sorting of 3-4 spaced letters from a-h, e.g. "d g a" -> "a d g"."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from stages.world.families.base import (
     spaced,
 )
 
+ALPHABET = "abcdefgh"
+
 
 class Sort(Family):
     name: ClassVar[str] = "sort"
@@ -27,7 +29,7 @@ class Sort(Family):
     )
 
     def sample(self, rng: random.Random) -> Problem:
-        s = random_letters(rng, 3, 5)
+        s = random_letters(rng, 3, 4, ALPHABET)
         return Problem((s,), {"s": spaced(s)}, spaced(sorted(s)))
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:

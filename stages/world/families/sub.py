@@ -1,4 +1,4 @@
-"""Subtraction a - b with 0 <= b <= a <= 99, e.g. "What is 45 minus 23?" -> "22"."""
+"""Subtraction a - b with 0 <= b <= a <= 19, e.g. "What is 15 minus 3?" -> "12"."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import ClassVar
 
 from stages.world.families.base import Family, Problem, Template, wrong_number
 
-MAX_OPERAND = 99
+MAX_OPERAND = 19
 
 
 class Sub(Family):
     name: ClassVar[str] = "sub"
+    closed: ClassVar[bool] = True
     templates: ClassVar[tuple[Template, ...]] = (
         Template("What is {a} minus {b}?"),
         Template("Subtract the second number from the first.", "{a} - {b}"),
@@ -21,10 +22,12 @@ class Sub(Family):
         Template("Calculate {a} - {b}."),
     )
 
-    def sample(self, rng: random.Random) -> Problem:
-        a = rng.randint(0, MAX_OPERAND)
-        b = rng.randint(0, a)
-        return Problem((a, b), {"a": str(a), "b": str(b)}, str(a - b))
+    def problems(self) -> list[Problem]:
+        return [
+            Problem((a, b), {"a": str(a), "b": str(b)}, str(a - b))
+            for a in range(MAX_OPERAND + 1)
+            for b in range(a + 1)
+        ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:
         return wrong_number(rng, int(problem.answer))

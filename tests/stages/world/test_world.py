@@ -77,15 +77,34 @@ def test_splits_are_disjoint_on_prompt_and_answer(world):
 
 
 def test_open_families_eval_on_unseen_problems(world):
-    def operands(path: Path) -> set[tuple[str, ...]]:
-        return {
-            tuple(re.findall(r"\d+", r["instruction"] + " " + r["input"]))
-            for r in read_jsonl(path)
-            if r["family"] == "add"
-        }
+    def problems(path: Path) -> set[str]:  # a reversal's answer names its problem
+        return {r["output"] for r in read_jsonl(path) if r["family"] == "reverse"}
 
-    seen = operands(world / "pretrain.jsonl") | operands(world / "data.jsonl")
-    assert not operands(world / "eval" / "add.jsonl") & seen
+    seen = problems(world / "pretrain.jsonl") | problems(world / "data.jsonl")
+    assert problems(world / "eval" / "reverse.jsonl")
+    assert not problems(world / "eval" / "reverse.jsonl") & seen
+
+
+def test_closed_split_leaves_training_phrasings_for_every_problem():
+    import random
+
+    from stages.world.families import FamilyConfig
+    from stages.world.splits import MIN_TRAIN_PHRASINGS, split_family
+
+    fam = load_family("facts")(random.Random(0), FamilyConfig(facts=5))
+    quotas = {"eval": 10, "ppl": 5, "pool": 100, "pretrain": 200}
+    parts = split_family(fam, random.Random(1), quotas)
+    held: dict[tuple, set[int]] = {}
+    for split in ("eval", "ppl", "pool"):
+        for p, t in parts[split]:
+            held.setdefault(p.key, set()).add(t)
+    trained: dict[tuple, set[int]] = {}
+    for p, t in parts["pretrain"]:
+        trained.setdefault(p.key, set()).add(t)
+    for p in fam.problems():
+        assert len(trained[p.key]) >= MIN_TRAIN_PHRASINGS
+        assert not trained[p.key] & held.get(p.key, set())
+    assert len(parts["pretrain"]) == 200  # cycled up to its quota
 
 
 def test_every_family_in_pool_and_eval_with_correct_answers(world):
