@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.contract import Input, Registry, RunContext, StageResult
 from stages.common.train.params import TrainParams
@@ -44,6 +44,15 @@ class Params(TrainParams):
         "`infer`: every exact zero of a 2-D weight stays zero (inputs without a "
         "mask file); `none`: train dense.",
     )
+
+    @model_validator(mode="after")
+    def _teacher_only_for_distill(self) -> Params:
+        if self.teacher is not None and self.method != "distill":
+            raise ValueError(
+                f"teacher: method '{self.method}' does not read a teacher; remove "
+                "`teacher` or use method: distill"
+            )
+        return self
 
 
 def provides(params: Params) -> frozenset[str]:

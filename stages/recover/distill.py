@@ -1,6 +1,9 @@
-"""Knowledge distillation from the unpruned teacher (Hinton et al. 2015), with
-an optional TAID schedule (Shing et al. 2025) that moves the target from the
-student's own distribution toward the teacher's over training."""
+"""Logit distillation from the unpruned teacher (Hinton et al., 2015), optionally
+on a TAID schedule (Shing et al., 2025).
+
+TAID moves the target from the student's own distribution toward the
+teacher's over training.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Full fine-tuning on the response tokens, pruned weights held at zero."""
+"""Full fine-tuning on the response tokens, pruned weights held at zero.
+
+The loss is next-token cross-entropy on response tokens only (the template of
+``stages.common.text``); sparse fine-tuning keeps the pruning mask as in
+SparseGPT / Wanda recovery experiments.
+"""
 
 from __future__ import annotations
 

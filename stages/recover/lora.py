@@ -1,4 +1,4 @@
-"""LoRA recovery (Hu et al. 2022, via PEFT), merged back under the pruning mask.
+"""LoRA recovery via PEFT (Hu et al., 2022), merged back under the pruning mask.
 
 A dense update ``B @ A`` merged into sparse weights fills every pruned zero.
 Here the merge is ``W + (s · B @ A) ⊙ M`` with ``M`` the keep-mask, and with

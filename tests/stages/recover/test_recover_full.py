@@ -184,6 +184,8 @@ def test_validation_names_the_field():
 
     with pytest.raises(ValidationError, match="launcher: deepspeed"):
         Params(model="m", data="d", precision="fp16")
+    with pytest.raises(ValidationError, match="teacher: method 'full'"):
+        Params(model="m", data="d", teacher="base")
     with pytest.raises(ValidationError, match="deepspeed.offload_params"):
         Params(
             model="m",
