@@ -84,7 +84,7 @@ def run(
     summary = (
         f"recover/{params.method}: {metrics['steps']:.0f} steps, loss "
         f"{metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}, "
-        f"{metrics['tokens_per_s']:.0f} tokens/s"
+        f"{metrics['train_tokens_per_s']:.0f} tokens/s"
     )
     return StageResult(
         metrics=metrics,

@@ -217,7 +217,9 @@ def summarize(history: list[dict[str, float]], total: int) -> dict[str, Any]:
         "final_loss": history[-1]["loss"] if history else float("nan"),
         "final_loss_avg10pct": sum(r["loss"] for r in tail) / max(1, len(tail)),
         "first_loss": history[0]["loss"] if history else float("nan"),
-        "tokens": tokens,
-        "tokens_per_s": tokens / secs if secs > 0 else 0.0,
+        # names differ from the per-step series so MLflow keeps them apart
+        "train_tokens": tokens,
+        "train_seconds": secs,
+        "train_tokens_per_s": tokens / secs if secs > 0 else 0.0,
         "history": history,
     }
