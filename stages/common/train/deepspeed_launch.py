@@ -4,8 +4,11 @@ bar, check the exit code and that a loadable ``model.safetensors`` came out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -179,25 +182,68 @@ def run_deepspeed(job: dict[str, Any], cfg: Any, ctx: RunContext) -> dict[str, A
     steps_path = Path(job["steps_file"])
     with open(work / LOG_FILE, "w") as log:
         proc = subprocess.Popen(
-            argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            argv,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        pos = 0
-        while True:
-            rc = proc.poll()
-            pos = _forward(steps_path, pos, sink)
-            if rc is not None:
-                break
-            time.sleep(0.5)
+        try:
+            pos = 0
+            while True:
+                rc = proc.poll()
+                pos = _forward(steps_path, pos, sink)
+                if rc is not None:
+                    break
+                time.sleep(0.5)
+        except BaseException:  # interrupted: take the ranks down with us
+            _stop(proc)
+            raise
     sink.close()
     (out_dir / LOG_FILE).write_text((work / LOG_FILE).read_text())
     if rc != 0:
         tail = (work / LOG_FILE).read_text()[-3000:]
         raise RuntimeError(
             f"DeepSpeed launcher exited with {rc}: {' '.join(argv)}\n"
-            f"--- last output ---\n{tail}"
+            f"job and full log kept in {work}\n--- last output ---\n{tail}"
         )
     check_loadable(out_dir)
-    return json.loads((work / RESULT_FILE).read_text())
+    result = json.loads((work / RESULT_FILE).read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _die_with_parent() -> None:
+    """Linux: the launcher gets SIGTERM if the stage process dies (even by
+    SIGKILL), and DeepSpeed's launcher then stops its ranks."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+            1, signal.SIGTERM
+        )  # 1 = PDEATHSIG
+    except OSError:
+        pass
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the launcher's process group (launcher, ranks), wait until all of
+    it is gone, SIGKILL what is left after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the launcher itself
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _forward(path: Path, pos: int, sink: StepSink) -> int:

@@ -158,3 +158,54 @@ def test_bf16_zero2_one_rank_runs_on_cpu(tiny, tmp_path):
     assert (
         len(logged) == 4 and res.metrics["final_loss"] < res.metrics["first_loss"] + 1
     )
+
+
+@pytest.mark.slow
+def test_interrupted_zero2_run_stops_its_ranks_and_resumes(tiny, tmp_path):
+    """Interrupt the stage mid-run: the launcher and both ranks go away; a
+    re-run resumes from the last checkpoint and ends where one process does."""
+    import time
+
+    import psutil
+    import torch
+    from safetensors.torch import load_file
+
+    from stages.recover import run
+    from stages.recover.full import Params
+
+    kw = dict(COMMON, steps=120, checkpoint_every=10)
+    params = Params(
+        **kw, launcher="deepspeed", deepspeed={"num_gpus": 2, "zero_stage": 2}
+    )
+    ckpt = tmp_path / "ckpt"
+    inputs = {"model": tiny["sparse"], "data": tiny["data"]}
+
+    def interrupt(metrics, step):
+        if step >= 12:
+            raise KeyboardInterrupt
+
+    (tmp_path / "killed").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            params,
+            inputs,
+            tmp_path / "killed",
+            RunContext(checkpoint_dir=ckpt, log_fn=interrupt),
+        )
+    time.sleep(1)
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "stages.common.train.worker" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert workers == []
+    done = sorted(p.name for p in ckpt.glob("step-*/state.json"))
+    assert done, "no checkpoint survived the interruption"
+
+    _, resumed = _run(params, tiny, tmp_path / "resumed", ckpt)
+    assert resumed[0][0] > 10 and resumed[-1][0] == 120  # picked up, not restarted
+    _run(Params(**kw, grad_accum=2), tiny, tmp_path / "one")
+    a = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model.safetensors"))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
