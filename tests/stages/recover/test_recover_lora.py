@@ -112,3 +112,42 @@ def test_unknown_target_module_is_named(tiny):
     params = Params(model="sparse", data="data", target_modules=["qkv_proj"])
     with pytest.raises(ValueError, match="target_modules"):
         wrap(params, load_model(tiny["sparse"]), {})
+
+
+def test_two_four_pattern_survives_lora_merge(tiny, tmp_path):
+    """N:M (2:4) input: after LoRA training and the merge, every block of 4
+    consecutive input weights still holds exactly 2 non-zeros, the same 2."""
+    import torch
+
+    from stages.common.io import load_model, load_tokenizer, save_masks, save_model
+    from stages.recover import run
+    from stages.recover.lora import Params
+
+    model = load_model(tiny["dense"])
+    masks = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and ".layers." in name:
+                blocks = p.abs().reshape(p.shape[0], -1, 4)  # (out, in/4, 4)
+                top = blocks.topk(2, dim=-1).indices
+                keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(
+                    -1, top, True
+                )
+                masks[name] = keep.reshape(p.shape)
+                p.masked_fill_(~masks[name], 0.0)
+    src = tmp_path / "nm"
+    save_model(model, load_tokenizer(tiny["dense"]), src)
+    save_masks(masks, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    run(
+        Params(model="nm", data="data", steps=3, rank=4),
+        {"model": src, "data": tiny["data"]},
+        out,
+        RunContext(),
+    )
+    w = _weights(out)
+    for name, keep in masks.items():
+        nz = (w[name] != 0).reshape(w[name].shape[0], -1, 4)
+        assert (nz.sum(-1) == 2).all(), name
+        assert torch.equal(nz.reshape(keep.shape), keep), name
