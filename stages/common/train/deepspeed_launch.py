@@ -131,16 +131,25 @@ def launcher_argv(cfg: Any, job_file: Path, world: int) -> list[str]:
 
 
 def check_loadable(out_dir: Path) -> None:
-    """model.safetensors exists and holds every tensor the config needs."""
+    """model.safetensors (or its shards) holds every tensor the config needs."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     f = out_dir / "model.safetensors"
-    if not f.exists():
+    index = out_dir / "model.safetensors.index.json"
+    if f.exists():
+        files = [f]
+    elif index.exists():  # large models are written in shards
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        files = [out_dir / s for s in sorted(shards)]
+    else:
         raise RuntimeError(f"DeepSpeed run wrote no {f}")
-    with safe_open(str(f), "pt") as st:
-        shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}  # noqa: SIM118
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as st:
+            for k in st.keys():  # noqa: SIM118
+                shapes[k] = tuple(st.get_slice(k).get_shape())
     config = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
