@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import pytest
 
@@ -71,6 +72,7 @@ def test_failed_launch_raises_with_exit_code(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     p = _P(launcher="deepspeed", steps=1, deepspeed={"num_gpus": 1})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept job dir
     monkeypatch.setattr(
         dl,
         "launcher_argv",
