@@ -1,4 +1,4 @@
-"""Addition of two integers in [0, 19], e.g. "What is 13 plus 5?" -> "18"."""
+"""Addition of two integers in [0, 14], e.g. "What is 13 plus 5?" -> "18"."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from stages.world.families.base import Family, Problem, Template, wrong_number
 
-MAX_OPERAND = 19
+MAX_OPERAND = 14
 
 
 class Add(Family):

@@ -1,4 +1,4 @@
-"""Subtraction a - b with 0 <= b <= a <= 19, e.g. "What is 15 minus 3?" -> "12"."""
+"""Subtraction a - b with 0 <= b <= a <= 14, e.g. "What is 12 minus 3?" -> "9"."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from stages.world.families.base import Family, Problem, Template, wrong_number
 
-MAX_OPERAND = 19
+MAX_OPERAND = 14
 
 
 class Sub(Family):

@@ -25,12 +25,12 @@ class Params(StageParams):
     """Model shape and optimisation; every field feeds LlamaConfig or the loop."""
 
     data: str = Input("world", "Upstream world stage (pretrain.jsonl, tokenizer/).")
-    hidden_size: int = Field(128, ge=8, le=8192, description="Model width.")
+    hidden_size: int = Field(96, ge=8, le=8192, description="Model width.")
     layers: int = Field(4, ge=1, le=128, description="Decoder layers.")
     heads: int = Field(4, ge=1, le=128, description="Attention heads.")
     kv_heads: int = Field(2, ge=1, le=128, description="Key/value heads (GQA).")
-    intermediate_size: int = Field(384, ge=8, le=32768, description="MLP width.")
-    steps: int = Field(2000, ge=1, le=10_000_000, description="Optimizer steps.")
+    intermediate_size: int = Field(256, ge=8, le=32768, description="MLP width.")
+    steps: int = Field(2400, ge=1, le=10_000_000, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, le=8192, description="Records per step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Peak AdamW learning rate.")
     warmup_ratio: float = Field(
