@@ -66,6 +66,12 @@ class Layout:
         return self.root / CHECKPOINTS / node
 
 
+def provides(kind: Any, node: Node) -> frozenset[str]:
+    """Artifact kinds of a node's output (some depend on params, e.g. adapters)."""
+    fn = getattr(kind, "provides", None)
+    return frozenset(fn(node.params)) if fn else kind.PROVIDES
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     f = folder / MANIFEST
     return json.loads(f.read_text()) if f.exists() else None
@@ -229,7 +235,7 @@ def run_node(
             "stage": node.stage,
             "kind": node.kind,
             "method": node.params.method,
-            "artifact": sorted(kind.PROVIDES),
+            "artifact": sorted(provides(kind, node)),
             "cache_key": key,
             "fingerprint": fingerprint,
             "inputs": in_fps,

@@ -86,9 +86,12 @@ def run(
         f"{metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}, "
         f"{metrics['train_tokens_per_s']:.0f} tokens/s"
     )
+    from stages.common.train.deepspeed_launch import LOG_FILE
+
     return StageResult(
         metrics=metrics,
         plots=plots,
+        reports=[LOG_FILE] if (out_dir / LOG_FILE).exists() else [],
         summary=summary,
         extra_manifest={
             "recover": {"adapter": bool(getattr(params, "save_adapter", False))}
