@@ -35,6 +35,16 @@ def _stage_task(
     return {k: manifest[k] for k in ("node", "cache_key", "fingerprint")}
 
 
+def retries_for(kind: Any, params: Any) -> int:
+    """Retries a kind asks for with these params (``retries(params)``); 0 if none.
+
+    Deterministic compute fails the same way twice; only launches that can lose
+    a rank or a port (DeepSpeed) and resume from checkpoints are worth a retry.
+    """
+    fn = getattr(kind, "retries", None)
+    return int(fn(params)) if fn else 0
+
+
 @flow(name="carp-pipeline", flow_run_name="{file}", log_prints=True)
 def carp_pipeline(
     file: str = "params.yaml", root: str = ".", track: bool = True, force: bool = False
@@ -52,7 +62,7 @@ def carp_pipeline(
     ok = False
     try:
         for name, node in graph.nodes.items():
-            retries = int(getattr(load_kind(node.kind), "RETRIES", 0))
+            retries = retries_for(load_kind(node.kind), node.params)
             t = task(
                 _stage_task,
                 name=name,

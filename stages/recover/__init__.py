@@ -62,6 +62,13 @@ def provides(params: Params) -> frozenset[str]:
     return PROVIDES
 
 
+def retries(params: Params) -> int:
+    """Prefect retries: a DeepSpeed launch can lose a rank or its port, and the
+    retry resumes from the last checkpoint; in-process training would fail the
+    same way again."""
+    return 1 if params.launcher == "deepspeed" else 0
+
+
 def run(
     params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
 ) -> StageResult:
