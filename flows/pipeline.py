@@ -3,7 +3,7 @@
 Tasks call the same ``run_node`` as ``carp stage`` (what DVC runs), with the
 same cache keys: a node whose output was made from the same params, input
 fingerprints and code is skipped with a log line. Retries only for kinds that
-declare them (``RETRIES``; e.g. a DeepSpeed launch that can lose a rank), not
+declare them (``retries(params)``; e.g. a DeepSpeed launch that can lose a rank), not
 for deterministic compute that would fail the same way again.
 """
 
