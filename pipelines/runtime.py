@@ -186,8 +186,9 @@ def run_node(
     run_id = None
     step_logger = None
     if lineage is not None and parent_id is not None:
-        from pipelines.lineage import StepLogger
+        from pipelines.lineage import StepLogger, git_commit
 
+        tags["carp.git_commit"] = git_commit(layout.home)
         exp_name = os.environ.get("DVC_EXP_NAME")
         if exp_name:
             tags["carp.dvc_exp"] = exp_name

@@ -85,6 +85,7 @@ def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypat
         tags = child.data.tags
         assert tags["mlflow.parentRunId"] == pid
         assert tags["carp.output_fingerprint"] and tags["carp.decl_hash"]
+        assert "carp.git_commit" in tags
     b = next(c for c in children if c.info.run_name == "b")
     assert b.data.params["b.offset"] == "1"
     assert b.data.tags["carp.input.data"]
