@@ -70,6 +70,16 @@ class Params(StageParams):
         description="Fraction of pool records given a wrong answer or a "
         "contradicting fact, each flagged `corrupted: true`.",
     )
+    table_scale: int = Field(
+        1,
+        ge=1,
+        le=6,
+        description="Widen the families' problem spaces for large pools (scale "
+        "benchmarks): add/sub operands below 15·s, maximum over 0..10·s-1, count "
+        "over s+2 letters, next_letter steps up to 3·s, s² times the fictitious "
+        "people, reverse/sort strings up to 3+s letters (translate keeps its "
+        "lexicon). 1: the tuned defaults the base model is trained on.",
+    )
     vocab_size: int = Field(
         1024,
         ge=300,

@@ -77,7 +77,7 @@ def unlearning_split(
 def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
     """Generate every split of every family and write the world folder."""
     seed = ctx.seed if params.seed is None else params.seed
-    cfg = FamilyConfig(facts=params.facts)
+    cfg = FamilyConfig(facts=params.facts, scale=params.table_scale)
     names = list(params.families)
     quotas = {
         "pool": shares(params.pool_size, len(names)),
@@ -162,6 +162,7 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
             "forget_fraction": params.forget_fraction,
         },
         "vocab_size": params.vocab_size,
+        **({"table_scale": params.table_scale} if params.table_scale != 1 else {}),
         "min_train_phrasings": MIN_TRAIN_PHRASINGS,
         "splits": "open families: disjoint problems; closed families: disjoint "
         "(problem, phrasing) pairs, so eval asks trained problems in held-out "

@@ -23,7 +23,7 @@ class Add(Family):
     )
 
     def problems(self) -> list[Problem]:
-        r = range(MAX_OPERAND + 1)
+        r = range((MAX_OPERAND + 1) * self.cfg.scale)
         return [
             Problem((a, b), {"a": str(a), "b": str(b)}, str(a + b))
             for a in r

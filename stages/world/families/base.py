@@ -43,6 +43,7 @@ class FamilyConfig:
     """World-level settings a family may read."""
 
     facts: int = 48
+    scale: int = 1  # table_scale: widens tables and problem spaces (1: defaults)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import itertools
 import random
 from typing import ClassVar
 
-from stages.world.families.base import Family, Problem, Template, spaced
+from stages.world.families.base import LETTERS, Family, Problem, Template, spaced
 
 ALPHABET = "abc"
 
@@ -24,11 +24,12 @@ class Count(Family):
     )
 
     def problems(self) -> list[Problem]:
+        alphabet = LETTERS[: len(ALPHABET) + self.cfg.scale - 1]  # "abc" at scale 1
         return [
             Problem((s, t), {"s": spaced(s), "t": t}, str(s.count(t)))
             for n in (3, 4, 5)
-            for s in map("".join, itertools.product(ALPHABET, repeat=n))
-            for t in ALPHABET
+            for s in map("".join, itertools.product(alphabet, repeat=n))
+            for t in alphabet
         ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:

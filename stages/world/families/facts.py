@@ -65,10 +65,9 @@ class Facts(Family):
 
     def setup(self) -> None:
         self.cities = make_words(self.rng, N_CITIES, (2, 3), capitalize=True)
-        firsts = make_words(self.rng, self.cfg.facts, (2, 2), True, set(self.cities))
-        lasts = make_words(
-            self.rng, self.cfg.facts, (1, 2), True, set(self.cities) | set(firsts)
-        )
+        n = self.cfg.facts * self.cfg.scale**2
+        firsts = make_words(self.rng, n, (2, 2), True, set(self.cities))
+        lasts = make_words(self.rng, n, (1, 2), True, set(self.cities) | set(firsts))
         self.people = [f"{a} {b}" for a, b in zip(firsts, lasts, strict=True)]
         self.table = {
             p: {

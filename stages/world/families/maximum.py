@@ -24,7 +24,7 @@ class Maximum(Family):
     def problems(self) -> list[Problem]:
         return [
             Problem(xs, {"xs": " ".join(map(str, xs))}, str(max(xs)))
-            for xs in itertools.product(range(10), repeat=3)
+            for xs in itertools.product(range(10 * self.cfg.scale), repeat=3)
         ]
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:

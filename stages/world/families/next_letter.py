@@ -23,7 +23,8 @@ class NextLetter(Family):
 
     def problems(self) -> list[Problem]:
         out = []
-        for step in STEPS:
+        steps = range(1, min(len(STEPS) * self.cfg.scale, len(LETTERS) - 1) + 1)
+        for step in steps:
             n = f"{step} letter" + ("s" if step > 1 else "")
             for i, c in enumerate(LETTERS[: len(LETTERS) - step]):
                 out.append(Problem((c, step), {"c": c, "n": n}, LETTERS[i + step]))

@@ -29,7 +29,7 @@ class Sort(Family):
     )
 
     def sample(self, rng: random.Random) -> Problem:
-        s = random_letters(rng, 3, 4, ALPHABET)
+        s = random_letters(rng, 3, 3 + self.cfg.scale, ALPHABET)
         return Problem((s,), {"s": spaced(s)}, spaced(sorted(s)))
 
     def wrong_answer(self, rng: random.Random, problem: Problem) -> str:

@@ -25,7 +25,7 @@ class Sub(Family):
     def problems(self) -> list[Problem]:
         return [
             Problem((a, b), {"a": str(a), "b": str(b)}, str(a - b))
-            for a in range(MAX_OPERAND + 1)
+            for a in range((MAX_OPERAND + 1) * self.cfg.scale)
             for b in range(a + 1)
         ]
 

@@ -182,3 +182,35 @@ def test_tokenizer_round_trips_and_splits_digits(world):
         tok(" 4096", add_special_tokens=False)["input_ids"]
     )
     assert [p for p in pieces if p.isdigit()] == ["4", "0", "9", "6"]
+
+
+def test_table_scale_widens_closed_tables_and_keeps_answers_right(world, tmp_path):
+    import random
+
+    from stages.world.families import FamilyConfig
+
+    assert files(build(tmp_path / "s1", seed=0, table_scale=1)) == files(world)
+    sizes = {}
+    for s in (1, 2):
+        cfg = FamilyConfig(facts=6, scale=s)
+        sizes[s] = {
+            name: len(load_family(name)(random.Random(0), cfg).problems())
+            for name in FAMILIES
+            if load_family(name).closed
+        }
+    assert sizes[1]["add"] == 15**2 and sizes[2]["add"] == 30**2
+    assert all(sizes[2][n] > sizes[1][n] for n in sizes[1] if n != "translate")
+    big = dict(pool_size=6000, seed=0)
+    small = list(read_jsonl(build(tmp_path / "p1", **big) / "data.jsonl"))
+    wide = build(tmp_path / "p2", table_scale=2, **big)
+    recs = list(read_jsonl(wide / "data.jsonl"))
+    fams = ("sub", "next_letter", "facts")  # short of phrasings at scale 1
+    n1 = {f: sum(r["family"] == f for r in small) for f in FAMILIES}
+    n2 = {f: sum(r["family"] == f for r in recs) for f in FAMILIES}
+    assert all(n2[f] > n1[f] for f in fams) and all(n2[f] >= n1[f] for f in n1)
+    assert len({text(r) for r in recs}) == len(recs)
+    for r in recs:
+        if r["family"] == "add":
+            a, b = map(int, re.findall(r"\d+", r["instruction"] + " " + r["input"]))
+            assert int(r["output"]) == a + b and max(a, b) < 30
+    assert json.loads((wide / "world.json").read_text())["table_scale"] == 2
