@@ -1,15 +1,17 @@
 """Time and peak RSS of every prune method on three random-weight Llama models
 built from config (small, medium, and large: 24 layers, ~345M parameters).
 
-Each measurement runs in its own process (peak RSS is per process). Baselines
-measured in the same run: ``import`` (python + torch + transformers only) and
-``load+save`` (load the checkpoint and write it back, no pruning). Ratios
+Each measurement runs in its own process (peak RSS is per process: VmHWM).
+Baselines measured in the same run: ``import`` (python + torch + transformers
+only), ``load+save`` (load the checkpoint and write it back with the stage's
+streaming writer, no pruning) and ``load+save_pretrained`` (the same with
+transformers' ``save_pretrained``, which also imports DeepSpeed). Ratios
 printed: peak RSS / model size in memory, peak RSS / load+save peak, and time
 / load+save time. The issue's bar: Wanda/SparseGPT peak RSS on the large model
 < 1.5 x the model's own size.
 
     .venv/bin/python benchmarks/prune_cost.py [--sizes small medium large]
-        [--threads 2] [--nsamples 16] [--seqlen 256]
+        [--methods wanda sparsegpt] [--threads 1] [--nsamples 16] [--seqlen 256]
 
 Writes benchmarks/results/prune_cost.md and .json.
 """
@@ -31,6 +33,7 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "medium": (512, 12, 8, 4, 1376, 16000),
     "large": (1024, 24, 16, 8, 2816, 32000),
 }
+BASELINES = ("import", "load+save", "load+save_pretrained")
 METHODS = [
     ("magnitude", {"sparsity": 0.5}),
     ("wanda", {"sparsity": 0.5}),
@@ -86,7 +89,12 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.child == "import":
         import transformers  # noqa: F401
-    elif args.child == "load+save":
+    elif args.child == "load+save":  # the stage's own I/O, nothing pruned
+        from stages.common.io import load_model, load_tokenizer
+        from stages.prune.checkpoint import save_checkpoint
+
+        save_checkpoint(load_model(Path(args.model)), load_tokenizer(args.model), out)
+    elif args.child == "load+save_pretrained":  # transformers' writer, for reference
         from stages.common.io import load_model, load_tokenizer, save_model
 
         save_model(load_model(Path(args.model)), load_tokenizer(args.model), out)
@@ -163,12 +171,12 @@ def main() -> None:
     for size in args.sizes:
         model, data, n = make_inputs(args.work, size)
         mb = n * 4 / 2**20
-        base = {w: measure(w, model, data, args) for w in ("import", "load+save")}
+        base = {w: measure(w, model, data, args) for w in BASELINES}
         print(
             f"{size}: {n / 1e6:.0f}M params, {mb:.0f} MiB fp32; baselines {base}",
             flush=True,
         )
-        for what in ["import", "load+save", *args.methods]:
+        for what in [*BASELINES, *args.methods]:
             r = base.get(what) or measure(what, model, data, args)
             row = {
                 "size": size,

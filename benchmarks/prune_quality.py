@@ -1,13 +1,17 @@
-"""Quality of every prune method on the embedded base model: perplexity on the
-world's held-out text and mean per-family exact match, at 50% unstructured and
-2:4 (magnitude, Wanda, SparseGPT) and ~25% of parameters removed (width, depth).
+"""Quality of every prune method on a base model: perplexity on the world's
+held-out text and per-family exact match, at 50% unstructured and 2:4
+(magnitude, Wanda, SparseGPT) and ~25% of parameters removed (width, depth).
 
 Builds the world and the base model through their stages' ``run`` (a few CPU
-minutes) unless ``--world``/``--base`` point at existing artifact folders, then
-prunes with ``stages.prune.run`` and scores with the evaluate kind's suites.
+minutes) unless ``--world``/``--base`` point at existing artifact folders, which
+are copied into the work folder first (never modified). Pruned models are
+cached under a folder named by the base checkpoint's hash, so a new base never
+reuses models pruned from an old one. Calibration: ``nsamples`` windows of the
+world's pool (its ``data.jsonl``), as the prune stage's ``calib: world``.
 
-    .venv/bin/python benchmarks/prune_quality.py [--world artifacts/world \
-        --base artifacts/base] [--threads 2]
+    .venv/bin/python benchmarks/prune_quality.py \
+        [--world /work/bench_assets/world --base /work/bench_assets/base] \
+        [--threads 1] [--removed 0.25]
 
 Writes benchmarks/results/prune_quality.md (a markdown table) and .json.
 """
@@ -15,6 +19,7 @@ Writes benchmarks/results/prune_quality.md (a markdown table) and .json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -26,17 +31,50 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.contract import RunContext  # noqa: E402
 
-CONFIGS: list[tuple[str, str, dict]] = [
+MASK_CONFIGS: list[tuple[str, str, dict]] = [
     ("magnitude 50%", "magnitude", {"sparsity": 0.5}),
     ("wanda 50%", "wanda", {"sparsity": 0.5}),
     ("sparsegpt 50%", "sparsegpt", {"sparsity": 0.5}),
     ("magnitude 2:4", "magnitude", {"pattern": "2:4"}),
     ("wanda 2:4", "wanda", {"pattern": "2:4"}),
     ("sparsegpt 2:4", "sparsegpt", {"pattern": "2:4"}),
-    ("width 25% (l2)", "width", {"sparsity": 0.25}),
-    ("width 25% (taylor)", "width", {"sparsity": 0.25, "importance": "taylor"}),
-    ("depth 25%", "depth", {"sparsity": 0.25}),
 ]
+
+
+def structured_configs(base: Path, removed: float) -> list[tuple[str, str, dict]]:
+    """Width and depth settings that remove about ``removed`` of all parameters.
+
+    Width's ``sparsity`` is a fraction of the blocks' linear weights, so it is
+    scaled by (all parameters / block linear parameters); depth removes whole
+    blocks, so it takes the block count nearest to ``removed``.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    layers = model.get_decoder().layers
+    total = sum(p.numel() for p in model.parameters())
+    linear = sum(
+        m.weight.numel()
+        for blk in layers
+        for m in blk.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    per_block = sum(p.numel() for p in layers[0].parameters())
+    width_s = min(removed * total / linear, 0.9)
+    n_blocks = max(1, round(removed * total / per_block))
+    depth_frac = n_blocks * per_block / total
+    pct = f"{removed:.0%}"
+    return [
+        (f"width {pct} (l2)", "width", {"sparsity": width_s}),
+        (
+            f"width {pct} (taylor)",
+            "width",
+            {"sparsity": width_s, "importance": "taylor"},
+        ),
+        (f"depth {n_blocks} blocks ({depth_frac:.0%})", "depth", {"blocks": n_blocks}),
+    ]
 
 
 def build(kind_module: str, params: object, inputs: dict, out: Path) -> Path:
@@ -52,6 +90,24 @@ def build(kind_module: str, params: object, inputs: dict, out: Path) -> Path:
     (tmp / "metrics.json").write_text(json.dumps(res.metrics, indent=1))
     tmp.rename(out)
     return out
+
+
+def copy_in(src: Path, dst: Path) -> Path:
+    """A private copy of an existing artifact folder (the original stays as is)."""
+    if not dst.exists():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(dst)
+    return dst
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
 
 
 def score(model_dir: Path, world: Path, max_per_family: int | None) -> dict:
@@ -72,6 +128,25 @@ def score(model_dir: Path, world: Path, max_per_family: int | None) -> dict:
     return out
 
 
+def table(rows: list[dict]) -> str:
+    fams = sorted(
+        k[3:] for k in rows[0] if k.startswith("em/") and k not in ("em/mean",)
+    )
+    head = "| config | removed params | sparsity | ppl | ppl / base | EM mean | "
+    head += " | ".join(fams) + " | prune s |"
+    lines = [head, "|---" * (7 + len(fams)) + "|"]
+    b = rows[0]
+    for r in rows:
+        em = " | ".join(f"{r.get('em/' + f, float('nan')):.2f}" for f in fams)
+        lines.append(
+            f"| {r['config']} | {r.get('params_removed_frac', 0):.1%} | "
+            f"{r.get('sparsity', 0):.1%} | {r['ppl']:.3f} | "
+            f"{r['ppl'] / b['ppl']:.2f} | {r['em/mean']:.3f} | {em} | "
+            f"{r.get('time_s', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks/results/quality")
@@ -79,6 +154,7 @@ def main() -> None:
     ap.add_argument("--base", type=Path, help="existing base model folder")
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=None)
+    ap.add_argument("--removed", type=float, default=0.25)
     ap.add_argument("--max-per-family", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -90,15 +166,27 @@ def main() -> None:
     from stages.world import pretrain
 
     args.work.mkdir(parents=True, exist_ok=True)
-    world = args.world or build(
-        "stages.world", world_kind.Params(method="synthetic"), {}, args.work / "world"
-    )
-    base = args.base or build(
-        "stages.world.pretrain",
-        pretrain.Params(method="llama", data="world"),
-        {"data": world},
-        args.work / "base",
-    )
+    if args.world:
+        tag = file_hash(args.world / "data.jsonl")
+        world = copy_in(args.world, args.work / f"world_{tag}")
+    else:
+        world = build(
+            "stages.world",
+            world_kind.Params(method="synthetic"),
+            {},
+            args.work / "world",
+        )
+    if args.base:
+        base = args.work / f"base_{file_hash(args.base / 'model.safetensors')}"
+        copy_in(args.base, base)
+    else:
+        base = build(
+            "stages.world.pretrain",
+            pretrain.Params(method="llama", data="world"),
+            {"data": world},
+            args.work / "base",
+        )
+    pruned_dir = args.work / f"pruned_{file_hash(base / 'model.safetensors')}"
     from stages.prune import METHODS
 
     rows = [
@@ -108,7 +196,8 @@ def main() -> None:
             **score(base, world, args.max_per_family),
         }
     ]
-    for label, method, kw in CONFIGS:
+    print(f"base: ppl {rows[0]['ppl']:.3f} em {rows[0]['em/mean']:.3f}", flush=True)
+    for label, method, kw in MASK_CONFIGS + structured_configs(base, args.removed):
         params = METHODS.load(method).Params(
             model="base",
             calib="world",
@@ -116,7 +205,8 @@ def main() -> None:
             seqlen=args.seqlen,
             **kw,
         )
-        out = args.work / label.replace(" ", "_").replace("%", "").replace(":", "-")
+        name = label.replace(" ", "_").translate(str.maketrans("", "", "%:()"))
+        out = pruned_dir / name
         t0 = time.perf_counter()
         build("stages.prune", params, {"model": base, "calib": world}, out)
         metrics = json.loads((out / "metrics.json").read_text())
@@ -124,6 +214,7 @@ def main() -> None:
             {
                 "config": label,
                 "method": method,
+                "params": kw,
                 **metrics,
                 **score(out, world, args.max_per_family),
                 "wall_s": time.perf_counter() - t0,
@@ -134,22 +225,10 @@ def main() -> None:
             flush=True,
         )
 
-    head = (
-        "| config | removed params | sparsity | ppl | ppl / base | EM mean | time s |"
-    )
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    b = rows[0]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r.get('params_removed_frac', 0):.1%} | "
-            f"{r.get('sparsity', 0):.1%} | {r['ppl']:.3f} | "
-            f"{r['ppl'] / b['ppl']:.2f} | "
-            f"{r['em/mean']:.3f} | {r.get('time_s', 0):.1f} |"
-        )
-    table = "\n".join(lines)
-    print(table)
+    text = table(rows)
+    print(text)
     res = ROOT / "benchmarks/results"
-    (res / "prune_quality.md").write_text(table + "\n")
+    (res / "prune_quality.md").write_text(text + "\n")
     (res / "prune_quality.json").write_text(json.dumps(rows, indent=1))
 
 

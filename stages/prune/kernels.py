@@ -39,7 +39,7 @@ def keep_mask_layer(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def _count_le(weights: list[torch.Tensor], t: torch.Tensor) -> int:
-    return sum(int((w.abs().float() <= t).sum()) for w in weights)
+    return sum(int(torch.count_nonzero(w.abs().float() <= t)) for w in weights)
 
 
 def global_threshold(weights: list[torch.Tensor], k: int) -> tuple[float, int]:
@@ -55,7 +55,7 @@ def global_threshold(weights: list[torch.Tensor], k: int) -> tuple[float, int]:
         else:
             lo = mid + 1
     t = torch.tensor(lo, dtype=torch.int32).view(torch.float32)
-    below = sum(int((w.abs().float() < t).sum()) for w in weights)
+    below = sum(int(torch.count_nonzero(w.abs().float() < t)) for w in weights)
     return float(t), k - below
 
 

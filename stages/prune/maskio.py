@@ -4,8 +4,6 @@ masks never sit in memory as bytes (let alone twice, as ``save_file`` would)."""
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,23 +39,12 @@ def pack(keep: Any) -> PackedMask:
 def write_masks(masks: dict[str, PackedMask], path: Path) -> None:
     """Write a standard safetensors file of BOOL tensors (readable by
     ``safetensors.torch.load_file``), unpacking one mask at a time."""
-    header: dict[str, Any] = {}
-    offset = 0
-    names = sorted(masks)
-    for name in names:
+    from stages.prune.checkpoint import write_safetensors
+
+    specs = {}
+    for name, m in masks.items():
         n = 1
-        for d in masks[name].shape:
+        for d in m.shape:
             n *= d
-        header[name] = {
-            "dtype": "BOOL",
-            "shape": list(masks[name].shape),
-            "data_offsets": [offset, offset + n],
-        }
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name in names:
-            f.write(masks[name].unpack().numpy().tobytes())
+        specs[name] = ("BOOL", m.shape, n)
+    write_safetensors(path, specs, lambda k: masks[k].unpack().numpy())

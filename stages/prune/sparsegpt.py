@@ -47,19 +47,27 @@ class Hessian:
         self.n += x.shape[0]
 
     def value(self) -> Any:
-        return self.h * (2 / max(self.n, 1))
+        """H, scaled in place (the accumulator is spent afterwards)."""
+        return self.h.mul_(2 / max(self.n, 1))
 
 
 def _upper_inverse_cholesky(h: Any, percdamp: float) -> Any:
-    """Upper Cholesky factor of (H + λI)^-1; λ grows tenfold until H is PD."""
+    """Upper Cholesky factor of (H + λI)^-1; λ grows tenfold until H is PD.
+
+    Overwrites ``h`` (damped, then inverted in place), so that at most three
+    (cols, cols) matrices exist at once.
+    """
     import torch
 
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    damp = percdamp * torch.mean(torch.diag(h))
+    damp = percdamp * float(h.diagonal().mean())
+    h.diagonal().add_(damp)
     for _ in range(6):
-        chol, info = torch.linalg.cholesky_ex(h + damp * eye)
+        chol, info = torch.linalg.cholesky_ex(h)
         if not info:
-            return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+            torch.cholesky_inverse(chol, out=h)
+            del chol
+            return torch.linalg.cholesky(h, upper=True)
+        h.diagonal().add_(9 * damp)  # total damping becomes 10x
         damp = damp * 10
     raise ValueError(
         "percdamp: the calibration Hessian stays singular even with 1e5x damping; "
@@ -74,6 +82,7 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    overwrite_hessian: bool = False,
 ) -> tuple[Any, Any]:
     """Prune ``weight`` (rows, cols) given H (cols, cols); returns the
     reconstructed weight (float32) and its keep-mask.
@@ -82,17 +91,19 @@ def sparsegpt_prune(
     entries with the lowest OBS saliency w^2 / [H^-1]_jj^2 are pruned. N:M:
     the N highest-saliency of every M columns are kept, chosen when reached.
     Pruning a column spreads its error over the not-yet-pruned columns.
+    ``overwrite_hessian`` lets it use ``hessian``'s memory instead of a copy.
     """
     import torch
 
     from stages.prune.kernels import keep_mask_layer, keep_mask_nm
 
     w = weight.detach().clone().float()
-    h = hessian.clone()
+    h = hessian if overwrite_hessian else hessian.clone()
     dead = torch.diag(h) == 0  # inputs never active: their weights do nothing
     h[dead, dead] = 1
     w[:, dead] = 0
     hinv = _upper_inverse_cholesky(h, percdamp)
+    del h, hessian
     rows, cols = w.shape
     keep = torch.ones_like(w, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
@@ -132,7 +143,13 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
 
     def prune(w: Any, acc: Hessian) -> tuple[Any, Any]:
         return sparsegpt_prune(
-            w, acc.value(), sparsity, nm, params.blocksize, params.percdamp
+            w,
+            acc.value(),
+            sparsity,
+            nm,
+            params.blocksize,
+            params.percdamp,
+            overwrite_hessian=True,
         )
 
     ids = calib.ids("sparsegpt")

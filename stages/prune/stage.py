@@ -10,6 +10,7 @@ from typing import Any
 
 from pipelines.contract import RunContext, StageResult
 from stages.prune.calib import Calibration
+from stages.prune.checkpoint import save_checkpoint
 from stages.prune.maskio import write_masks
 from stages.prune.targets import Pruned
 
@@ -35,13 +36,16 @@ def sparsity_metrics(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Zero fraction of the pruned weights: global, per decoder block (metrics)
     and per module (manifest)."""
+    import torch
+
     mods = dict(model.named_modules())
     per_module: dict[str, float] = {}
     blocks: dict[int, list[int]] = {}
     zeros = total = 0
     for name in names:
         w = mods[name].weight
-        z, n = int((w == 0).sum()), w.numel()
+        n = w.numel()
+        z = n - int(torch.count_nonzero(w))
         per_module[name] = z / n
         zeros, total = zeros + z, total + n
         m = _BLOCK.search(name)
@@ -98,8 +102,9 @@ def execute(
     result: Pruned = method.apply(model, params, calib, ctx)
 
     after = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    io.save_model(model, tok, out_dir)
+    # count_nonzero: ``(p != 0).sum()`` would widen a bool copy to int64 (8x p)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    save_checkpoint(model, tok, out_dir)
     masks = {f"{k}.weight": v for k, v in result.masks.items()}
     if masks:
         write_masks(masks, out_dir / io.MASKS_FILE)
