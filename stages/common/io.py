@@ -49,8 +49,10 @@ def save_masks(masks: dict[str, Any], out_dir: Path) -> None:
     """Save boolean keep-masks (True = weight kept) keyed by parameter name."""
     from safetensors.torch import save_file
 
-    save_file({k: v.to("cpu").bool().contiguous() for k, v in masks.items()},
-              str(out_dir / MASKS_FILE))
+    save_file(
+        {k: v.to("cpu").bool().contiguous() for k, v in masks.items()},
+        str(out_dir / MASKS_FILE),
+    )
 
 
 def load_masks(model_dir: Path) -> dict[str, Any]:
@@ -90,8 +92,9 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def write_dataset(records: list[dict[str, Any]], out_dir: Path, source: str,
-                  **meta: Any) -> dict[str, Any]:
+def write_dataset(
+    records: list[dict[str, Any]], out_dir: Path, source: str, **meta: Any
+) -> dict[str, Any]:
     """Write ``data.jsonl`` + ``dataset.json`` (hash, source, count, meta)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n = write_jsonl(records, out_dir / DATA_FILE)
@@ -105,5 +108,7 @@ def read_dataset(folder: Path) -> list[dict[str, Any]]:
     """Records of a dataset artifact folder (a world's pool, a selection, ...)."""
     f = Path(folder) / DATA_FILE
     if not f.exists():
-        raise FileNotFoundError(f"{folder}: no {DATA_FILE}; is this a dataset artifact?")
+        raise FileNotFoundError(
+            f"{folder}: no {DATA_FILE}; is this a dataset artifact?"
+        )
     return list(read_jsonl(f))

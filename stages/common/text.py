@@ -46,9 +46,7 @@ def encode_example(
     return ids, labels
 
 
-def collate(
-    batch: list[tuple[list[int], list[int]]], pad_id: int
-) -> dict[str, Any]:
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-pad a list of (ids, labels) into tensors ``input_ids``,
     ``attention_mask`` and ``labels`` of shape (B, T)."""
     import torch
