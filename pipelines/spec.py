@@ -196,8 +196,11 @@ def _label(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", str(value)).strip("_") or "x"
 
 
-def _params_class(name: str, body: dict[str, Any], issues: list[Issue]) -> Any:
-    """Resolve kind + method to the method's Params class, or record why not."""
+def _method_classes(
+    name: str, body: dict[str, Any], issues: list[Issue]
+) -> dict[str, Any] | None:
+    """Resolve kind + method(s) to Params classes: one per method, since a
+    ``matrix`` may sweep ``method`` itself. ``None`` when nothing resolves."""
     path = f"stages.{name}"
     kind = body.get("kind")
     if kind is None:
@@ -209,26 +212,33 @@ def _params_class(name: str, body: dict[str, Any], issues: list[Issue]) -> Any:
         )
         return None
     mod = load_kind(kind)
-    method = body.get("method", getattr(mod, "DEFAULT_METHOD", None))
-    if method is None:
-        issues.append(
-            Issue(
-                f"{path}.method",
-                "required; known methods: " + ", ".join(mod.METHODS.names()),
+    matrix = body.get("matrix") if isinstance(body.get("matrix"), dict) else {}
+    swept = matrix.get("method")
+    if isinstance(swept, list) and swept:
+        methods = [(f"{path}.matrix.method[{i}]", m) for i, m in enumerate(swept)]
+    else:
+        default = getattr(mod, "DEFAULT_METHOD", None)
+        methods = [(f"{path}.method", body.get("method", default))]
+    out: dict[str, Any] = {}
+    for where, method in methods:
+        if method is None:
+            issues.append(
+                Issue(
+                    where, "required; known methods: " + ", ".join(mod.METHODS.names())
+                )
             )
-        )
-        return None
-    try:
-        return mod.METHODS.load(str(method)).Params
-    except UnknownMethod:
-        issues.append(
-            Issue(
-                f"{path}.method",
-                f"unknown {kind} method '{method}'; "
-                + mod.METHODS.suggest(str(method)),
+            continue
+        try:
+            out[str(method)] = mod.METHODS.load(str(method)).Params
+        except UnknownMethod:
+            issues.append(
+                Issue(
+                    where,
+                    f"unknown {kind} method '{method}'; "
+                    + mod.METHODS.suggest(str(method)),
+                )
             )
-        )
-        return None
+    return out if len(out) == len({str(m) for _, m in methods}) else None
 
 
 def _validate_stage(
@@ -246,19 +256,29 @@ def _validate_stage(
     if not isinstance(body, dict):
         issues.append(Issue(path, "must be a mapping with at least 'kind'"))
         return None
-    cls = _params_class(name, body, issues)
-    if cls is None:
+    classes = _method_classes(name, body, issues)
+    if classes is None:
         return None
-    mod = load_kind(body["kind"])
+    fields = {f for cls in classes.values() for f in cls.model_fields}
     base = {k: v for k, v in body.items() if k not in ENGINE_KEYS}
-    base.setdefault("method", getattr(mod, "DEFAULT_METHOD", None))
+    base.setdefault("method", next(iter(classes)))
     variants = []
     seen: set[str] = set()
-    for label, over in _variants(name, body, set(cls.model_fields), issues):
+    inputs = {f for cls in classes.values() for f in cls.input_fields()}
+    for key in sorted(inputs & set(body.get("matrix") or {})):
+        issues.append(
+            Issue(
+                f"{path}.matrix.{key}",
+                f"'{key}' names an upstream stage and cannot be swept here; "
+                "sweep the upstream stage instead (its variants fan out)",
+            )
+        )
+    expanded = _variants(name, body, fields, issues)
+    for label, over in expanded:
         values = {**base, **over}
-        values.setdefault("seed", seed)
         if values.get("seed") is None:
             values["seed"] = seed
+        cls = classes[str(values["method"])]
         try:
             variants.append((label, cls.model_validate(values)))
         except ValidationError as err:
@@ -266,7 +286,7 @@ def _validate_stage(
                 if str(issue) not in seen:
                     seen.add(str(issue))
                     issues.append(issue)
-    if len(variants) != len(_variants(name, body, set(cls.model_fields), [])):
+    if len(variants) != len(expanded):
         return None
     return StageDecl(name, body["kind"], tuple(variants), body)
 

@@ -226,3 +226,17 @@ def all_pipeline_files():
 @pytest.mark.parametrize("path", all_pipeline_files(), ids=lambda p: p.name)
 def test_every_pipeline_file_in_the_repo_validates(path):
     load(path)
+
+
+def test_matrix_may_sweep_the_method_itself():
+    d = mutate(
+        lambda d: st(d)["select"].update(
+            matrix={"method": ["paser", "random"]}, model="prune", reference="base"
+        )
+    )
+    del d["stages"]["select"]["method"]
+    decl = validate(d)
+    variants = dict(decl.stages["select"].variants)
+    assert set(variants) == {"paser", "random"}
+    assert type(variants["paser"]).__module__ == "stages.select.paser"
+    assert type(variants["random"]).__module__ == "stages.select.random"
