@@ -83,6 +83,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "carp")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return carp_pipeline(file=file, root=str(root), track=track, force=force)
 
 

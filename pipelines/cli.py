@@ -172,7 +172,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="carp: %(message)s")
+    log = logging.getLogger("carp")  # only carp's own logger: no library chatter
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("carp: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -117,11 +117,14 @@ def is_current(layout: Layout, node: Node, key: str) -> bool:
     """True when the published output was made with ``key`` and is intact."""
     out = layout.out(node.name)
     man = read_manifest(out)
-    return bool(
-        man
-        and man.get("cache_key") == key
-        and man.get("fingerprint") == folder_fingerprint(out)
-    )
+    if not man or man.get("cache_key") != key:
+        return False
+    return man.get("fingerprint") == folder_fingerprint(out, volatile(man))
+
+
+def volatile(manifest: dict[str, Any]) -> list[str]:
+    """Files of an output that are not part of its fingerprint."""
+    return [*manifest.get("plots", []), *manifest.get("reports", [])]
 
 
 def _publish(tmp: Path, dest: Path) -> None:
@@ -244,6 +247,7 @@ def run_node(
             "declaration": decl_hash,
             "versions": versions(),
             "plots": result.plots,
+            "reports": result.reports,
             "datasets": result.datasets,
             **result.extra_manifest,
         }

@@ -55,10 +55,14 @@ def test_missing_input_is_a_clear_error(tmp_path, toy_kinds):
 
 def test_unchanged_stage_is_skipped_and_changed_one_reruns(tmp_path, toy_kinds, caplog):
     lay = Layout(tmp_path)
-    g = graph({"a": {"kind": "toysrc"}})
+    g = graph({"a": {"kind": "toysrc"}, "b": {"kind": "toyadd", "data": "a"}})
     first = run_node(g, "a", lay, force=False)
+    b_first = run_node(g, "b", lay, force=False)
     with caplog.at_level("INFO", logger="carp"):
         again = run_node(g, "a", lay, force=False)
+        b_again = run_node(g, "b", lay, force=False)  # its report holds a timing
+    assert b_again["fingerprint"] == b_first["fingerprint"]
+    assert caplog.text.count("skipped") == 2
     assert again["fingerprint"] == first["fingerprint"]
     assert "unchanged" in caplog.text and "skipped" in caplog.text
     g2 = graph({"a": {"kind": "toysrc", "n": 4}})
