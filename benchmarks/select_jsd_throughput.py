@@ -1,8 +1,12 @@
 """PASER's JSD scoring throughput against a bare forward loop of both models
 over the same length-bucketed batches, measured interleaved in one run.
 
-* bare: the reference and pruned models' forward passes only, on batches
-  collated beforehand (no collation, no divergence, no cache);
+* bare: the reference and pruned models' plain forward passes
+  (``model(input_ids, attention_mask)``) only, on batches collated beforehand
+  (no collation, no divergence, no cache);
+* lean forward: the same forwards as the stage issues them (LM head only from
+  the first response position on, no KV cache), still without collation or
+  divergence: stage / lean isolates the stage's own overhead;
 * loop: the stage's scoring loop ``scoring.lm_scores`` with the stage's JSD
   function (collation, both forwards, response JSD, cache writes) into an
   empty cache;
@@ -50,14 +54,14 @@ def main() -> None:
     from pipelines.contract import RunContext
     from stages.common.io import read_dataset
     from stages.common.text import collate
-    from stages.select.kernels import response_jsd
-    from stages.select.paser import Params, jsd_scores
+    from stages.select.paser import Params, jsd_batch_fn, jsd_scores
     from stages.select.scoring import (
         encode_records,
         length_batches,
         lm_key,
         lm_scores,
         load_lm,
+        response_logits,
     )
 
     torch.set_num_threads(a.threads)
@@ -92,9 +96,13 @@ def main() -> None:
                 ref(**kw)
                 pruned(**kw)
 
-    def fn(batch: dict[str, Any]) -> Any:
-        kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        return response_jsd(ref(**kw).logits, pruned(**kw).logits, batch["labels"])
+    def lean() -> None:
+        with torch.inference_mode():
+            for c in collated:
+                response_logits(ref, c)
+                response_logits(pruned, c)
+
+    fn = jsd_batch_fn(ref, pruned)  # the stage's own batch function
 
     def loop() -> None:
         root = Path(tempfile.mkdtemp(dir=work))
@@ -118,12 +126,12 @@ def main() -> None:
         if new != len(pool):
             raise RuntimeError("end-to-end run did not score every record")
 
-    variants = {"bare": bare, "loop": loop, "end_to_end": end_to_end}
+    variants = {"bare": bare, "lean": lean, "loop": loop, "end_to_end": end_to_end}
     times: dict[str, list[float]] = {k: [] for k in variants}
     bare()  # warm-up (allocator, kernels)
     names = list(variants)
     for r in range(a.repeats):
-        for name in names[r % 3 :] + names[: r % 3]:  # rotate the order
+        for name in names[r % 4 :] + names[: r % 4]:  # rotate the order
             t = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - t)
@@ -139,6 +147,7 @@ def main() -> None:
         "median_s": med,
         "records_per_s": {k: len(pool) / v for k, v in med.items()},
         "ratio_loop": med["bare"] / med["loop"],
+        "ratio_loop_vs_lean": med["lean"] / med["loop"],
         "ratio_end_to_end": med["bare"] / med["end_to_end"],
     }
     shutil.rmtree(work)
@@ -153,6 +162,11 @@ def markdown(res: dict[str, Any], a: argparse.Namespace) -> str:
     rps = res["records_per_s"]
     rows = [
         ("bare forward loop (both models)", "bare", "1.00"),
+        (
+            "lean forward loop (as the stage calls them)",
+            "lean",
+            f"{res['median_s']['bare'] / res['median_s']['lean']:.2f}",
+        ),
         (
             "stage scoring loop (lm_scores + response JSD)",
             "loop",
@@ -180,7 +194,11 @@ def markdown(res: dict[str, Any], a: argparse.Namespace) -> str:
     ]
     for label, k, ratio in rows:
         lines.append(f"| {label} | {res['median_s'][k]:.2f} | {rps[k]:.0f} | {ratio} |")
-    lines += ["", "Target: ratio >= 0.70."]
+    lines += [
+        "",
+        "Target: ratio >= 0.70. Stage loop / lean forward loop (the stage's "
+        f"own overhead: collation, JSD, cache): {res['ratio_loop_vs_lean']:.2f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

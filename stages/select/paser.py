@@ -254,7 +254,6 @@ def jsd_scores(
 
     from stages.common.io import load_tokenizer
     from stages.select.cache import fingerprint
-    from stages.select.kernels import response_jsd
     from stages.select.scoring import encode_records, lm_key, lm_scores, load_lm
 
     mp, mo = Path(inputs["model"]), Path(inputs["reference"])
@@ -276,10 +275,7 @@ def jsd_scores(
             f"model's {pruned.config.vocab_size}; JSD needs the same tokenizer"
         )
 
-    def fn(batch: dict[str, Any]) -> Any:
-        kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        return response_jsd(ref(**kw).logits, pruned(**kw).logits, batch["labels"])
-
+    fn = jsd_batch_fn(ref, pruned)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     vals, new = lm_scores(
         name,
@@ -295,3 +291,15 @@ def jsd_scores(
         device,
     )
     return vals[:, 0], n_tokens, new
+
+
+def jsd_batch_fn(ref: Any, pruned: Any) -> Any:
+    """``fn(batch) -> (B,)`` response JSD of the two models on a collated batch."""
+    from stages.select.kernels import response_jsd
+    from stages.select.scoring import response_logits
+
+    def fn(batch: dict[str, Any]) -> Any:
+        lo, labels = response_logits(ref, batch)
+        return response_jsd(lo, response_logits(pruned, batch)[0], labels)
+
+    return fn

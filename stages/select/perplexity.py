@@ -65,6 +65,7 @@ def nll_scores(
         lm_scores,
         load_lm,
         pick_device,
+        response_logits,
     )
 
     tok = load_tokenizer(model_dir)
@@ -82,8 +83,7 @@ def nll_scores(
     model = load_lm(model_dir, device, params.dtype)
 
     def fn(batch: dict[str, Any]) -> Any:
-        kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        return response_nll(model(**kw).logits, batch["labels"])
+        return response_nll(*response_logits(model, batch))
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     vals, new = lm_scores(

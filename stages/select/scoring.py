@@ -141,6 +141,35 @@ def lm_scores(
     return out, len(missing)
 
 
+def response_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Teacher-forced logits from the first position that predicts a response
+    token on (HF ``logits_to_keep``; prompt positions skip the LM head), without
+    a KV cache, and the labels cut to match: ``(logits (B, T', V), labels (B,
+    T'))`` with T' = T - start, ready for the response kernels."""
+    from stages.common.text import IGNORE_INDEX
+
+    labels = batch["labels"]
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    cols = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    if len(cols) and _keeps_logits(type(model)):
+        start = int(cols[0])  # position `start` predicts token start + 1
+        kw["logits_to_keep"] = labels.shape[1] - start
+        labels = labels[:, start:]
+    return model(**kw, use_cache=False).logits, labels
+
+
+_KEEPS: dict[type, bool] = {}
+
+
+def _keeps_logits(cls: type) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers >= 4.45)."""
+    if cls not in _KEEPS:
+        import inspect
+
+        _KEEPS[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return _KEEPS[cls]
+
+
 def pick_device(device: str) -> str:
     """``auto`` -> cuda when available, else cpu."""
     if device != "auto":

@@ -225,3 +225,30 @@ def test_ifd_runs_and_orders(world, tmp_path):
     assert ifd.tolist() == [2.0, 0.5, 0.75, 0.5]
     assert order.tolist() == [2, 1, 3, 0]  # IFD >= 1 last; ties by pool order
     assert ifd_order([2.0, 1.0], [1.0, 2.0], False)[0].tolist() == [0, 1]
+
+
+def test_response_logits_skip_prompt_positions_same_scores(world):
+    """The LM head only from the first response position on gives the same
+    response JSD and NLL as full logits, over fewer positions."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from stages.common.text import collate
+    from stages.select.kernels import response_jsd, response_nll
+    from stages.select.paser import jsd_batch_fn
+    from stages.select.scoring import encode_records, response_logits
+
+    root, recs = world
+    tok = AutoTokenizer.from_pretrained(str(root / "base"))
+    ref = LlamaForCausalLM.from_pretrained(str(root / "base")).eval()
+    pruned = LlamaForCausalLM.from_pretrained(str(root / "prune")).eval()
+    batch = collate(encode_records(tok, recs[::7], 64), tok.pad_token_id)
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.inference_mode():
+        full_o, full_p = ref(**kw).logits, pruned(**kw).logits
+        cut, labels = response_logits(ref, batch)
+        assert cut.shape[1] == labels.shape[1] < batch["labels"].shape[1]
+        want = response_jsd(full_o, full_p, batch["labels"])
+        assert torch.allclose(jsd_batch_fn(ref, pruned)(batch), want, atol=1e-6)
+        assert torch.allclose(
+            response_nll(cut, labels), response_nll(full_o, batch["labels"]), atol=1e-5
+        )
