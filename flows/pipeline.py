@@ -81,22 +81,11 @@ def carp_pipeline(
 def run_pipeline(
     file: str, root: Path, track: bool = True, force: bool = False
 ) -> dict[str, Any]:
-    _prefect_env()
     return carp_pipeline(file=file, root=str(root), track=track, force=force)
-
-
-def _prefect_env() -> None:
-    """Defaults for Prefect in this process and the flow runs it spawns: carp's
-    log lines reach Prefect's logs, a slow first start of the temporary server is
-    tolerated, and no analytics are sent."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "carp")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def serve(file: str, cron: str, name: str | None = None) -> None:
     """Serve the flow with a cron schedule against a running Prefect server."""
-    _prefect_env()
     if not os.environ.get("PREFECT_API_URL"):
         raise SystemExit(
             "carp serve needs a Prefect server: run `prefect server start` and "
