@@ -204,7 +204,12 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    (ROOT / "benchmarks/results/prune_cost.md").write_text(table + "\n")
+    head = (
+        f"`{' '.join(['python', *sys.argv])}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{args.threads} thread(s), nsamples {args.nsamples}, seqlen {args.seqlen}; "
+        "peak RSS = VmHWM of the measured process)\n\n"
+    )
+    (ROOT / "benchmarks/results/prune_cost.md").write_text(head + table + "\n")
     (ROOT / "benchmarks/results/prune_cost.json").write_text(json.dumps(rows, indent=1))
 
 

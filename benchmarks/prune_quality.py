@@ -33,6 +33,7 @@ from pipelines.contract import RunContext  # noqa: E402
 
 MASK_CONFIGS: list[tuple[str, str, dict]] = [
     ("magnitude 50%", "magnitude", {"sparsity": 0.5}),
+    ("magnitude 50% (per row)", "magnitude", {"sparsity": 0.5, "scope": "row"}),
     ("wanda 50%", "wanda", {"sparsity": 0.5}),
     ("sparsegpt 50%", "sparsegpt", {"sparsity": 0.5}),
     ("magnitude 2:4", "magnitude", {"pattern": "2:4"}),
@@ -111,6 +112,10 @@ def file_hash(path: Path) -> str:
 
 
 def score(model_dir: Path, world: Path, max_per_family: int | None) -> dict:
+    """Perplexity and per-family EM, cached in ``model_dir`` (a benchmark copy)."""
+    cache = model_dir / f"scores_{world.name}_{max_per_family}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     from stages.common.io import load_model, load_tokenizer
     from stages.evaluate import Params as EvalParams
     from stages.evaluate import exact_match, perplexity
@@ -125,6 +130,7 @@ def score(model_dir: Path, world: Path, max_per_family: int | None) -> dict:
     ctx = RunContext(name=model_dir.name)
     out = perplexity.score(model, tok, world, ev, ctx)
     out.update(exact_match.score(model, tok, world, ev, ctx))
+    cache.write_text(json.dumps(out))
     return out
 
 
@@ -228,7 +234,12 @@ def main() -> None:
     text = table(rows)
     print(text)
     res = ROOT / "benchmarks/results"
-    (res / "prune_quality.md").write_text(text + "\n")
+    head = (
+        f"`{' '.join(['python', *sys.argv])}` ({time.strftime('%Y-%m-%d %H:%M')}; "
+        f"base {base.name}, calibration: {args.nsamples} windows of the world pool)"
+        "\n\n"
+    )
+    (res / "prune_quality.md").write_text(head + text + "\n")
     (res / "prune_quality.json").write_text(json.dumps(rows, indent=1))
 
 

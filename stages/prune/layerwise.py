@@ -54,13 +54,18 @@ class BlockRunner:
         others = [c for c in decoder.children() if c is not self.layers]
         for c in others:
             c.to(self.device)
-        hidden: list[Any] = []
+        inps: list[Any] = []  # filled into one preallocated tensor, no concat copy
+        filled = [0]
         kwargs: dict[str, Any] = {}
 
         def hook(_mod: Any, args: tuple, kw: dict[str, Any]) -> None:
-            hidden.append(args[0] if args else kw["hidden_states"])
-            if not kwargs:
+            x = args[0] if args else kw["hidden_states"]
+            if not inps:
+                shape = (len(ids), *x.shape[1:])
+                inps.append(torch.empty(shape, dtype=x.dtype, device=self.device))
                 kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+            inps[0][filled[0]] = x[0]
+            filled[0] += 1
             raise _Stop
 
         handle = self.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
@@ -74,7 +79,7 @@ class BlockRunner:
             for c in others:
                 c.to("cpu")
         kwargs = {k: _to(v, self.device) for k, v in kwargs.items()}
-        return torch.cat(hidden).to(self.device), kwargs
+        return inps[0], kwargs
 
     def load(self, i: int) -> Any:
         """Block ``i`` moved to the processing device."""

@@ -61,3 +61,28 @@ def test_write_safetensors_checks_byte_count(tmp_path):
     specs = {"x": ("F32", (2, 2), 16)}
     with pytest.raises(ValueError, match="x: produced 8 bytes"):
         write_safetensors(tmp_path / "bad.safetensors", specs, lambda _k: b"\0" * 8)
+
+
+def test_stage_process_never_imports_deepspeed(tiny_model_dir, tmp_path):
+    """The writer exists to skip ``save_pretrained``'s DeepSpeed import (~130 MiB
+    resident); a whole magnitude run in a fresh process must not import it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from pipelines.contract import RunContext\n"
+        "from stages.prune import run\n"
+        "from stages.prune.magnitude import Params\n"
+        f"run(Params(model='m'), {{'model': Path({str(tiny_model_dir)!r})}}, "
+        f"Path({str(tmp_path)!r}), RunContext())\n"
+        "print('deepspeed' in sys.modules)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "model.safetensors").exists()
