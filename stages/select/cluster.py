@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+ZERO_EIGENVALUE = 1e-10  # λ this small: a disconnected component (μ = 1 exactly)
+
 
 def reduce_dim(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """Project rows to ``dim`` principal components (then unit length) for the kNN
@@ -97,11 +99,15 @@ def diffusion_map(
     else:
         sizes = np.bincount(comp)
         top = np.argsort(-sizes, kind="stable")[:m]  # the largest components
-        y = np.zeros((n, len(top)))
-        for j, cc in enumerate(top):
+        # μ = 1 basis: the global trivial vector D^½·1 first (dropped below like
+        # the constant ψ of a connected graph), then component indicators
+        # orthogonalised against it, so every component gets its own coordinates
+        basis = np.zeros((n, len(top)))
+        basis[:, 0] = np.sqrt(deg)
+        for j, cc in enumerate(top[1:], start=1):
             on = comp == cc
-            y[on, j] = np.sqrt(deg[on])
-        y /= np.linalg.norm(y, axis=0, keepdims=True)
+            basis[on, j] = np.sqrt(deg[on])
+        y, _ = np.linalg.qr(basis)
         mu, vec = np.ones(len(top)), y
         rest = m - len(top)
         if rest > 0 and n - len(top) > rest + 1:
@@ -169,11 +175,16 @@ def elbow(ks: list[int], errors: list[float]) -> int:
 def eigengap(lam: np.ndarray, k_range: tuple[int, int]) -> tuple[int, dict[int, float]]:
     """K with the largest spectral gap λ_K - λ_{K-1} of the Laplacian, over
     ``k_range``; ``lam`` are the non-trivial eigenvalues λ_1 <= λ_2 <= ...
-    (K well-separated groups give K-1 near-zero non-trivial eigenvalues)."""
+    (K well-separated groups give K-1 near-zero non-trivial eigenvalues).
+    Exact zeros are disconnected components of the graph, which diffusion never
+    joins: with c components K is c, clipped to the range."""
     lo, hi = max(2, k_range[0]), min(k_range[1], len(lam))
     if hi < lo:
         return lo, {}
     gaps = {kk: float(lam[kk - 1] - lam[kk - 2]) for kk in range(lo, hi + 1)}
+    zeros = int((np.asarray(lam) <= ZERO_EIGENVALUE).sum())
+    if zeros:
+        return min(max(zeros + 1, lo), hi), gaps
     return max(gaps, key=lambda kk: (gaps[kk], -kk)), gaps
 
 

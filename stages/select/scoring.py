@@ -44,8 +44,6 @@ def embed(
 ) -> tuple[np.ndarray, int]:
     """Unit-norm sentence embeddings (N, D) for ``records``, computed only for
     records not in the cache; returns them and the number freshly computed."""
-    from sentence_transformers import SentenceTransformer
-
     from stages.select.cache import fingerprint
 
     texts = [embed_text(r) for r in records]
@@ -54,14 +52,14 @@ def embed(
     cache = ScoreCache(cache_dir / f"embed-{fingerprint(Path(path))}", None)
     model = None
     if cache.dim is None:
-        model = SentenceTransformer(path, device=device, local_files_only=True)
+        model = _encoder(path, device)
         get_dim = getattr(model, "get_embedding_dimension", None)
         get_dim = get_dim or model.get_sentence_embedding_dimension
         cache.dim = int(get_dim())
     out, missing = cache.lookup(keys)
     if missing:
         if model is None:
-            model = SentenceTransformer(path, device=device, local_files_only=True)
+            model = _encoder(path, device)
         starts = range(0, len(missing), chunk)
         for s in ctx.progress(starts, "embed", total=len(starts)):
             part = missing[s : s + chunk]
@@ -75,6 +73,14 @@ def embed(
             cache.add([keys[i] for i in part], vec)
             out[part] = vec
     return out, len(missing)
+
+
+def _encoder(path: str, device: str) -> Any:
+    """The sentence encoder (imported only when a record needs encoding: the
+    import alone takes seconds)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def length_batches(

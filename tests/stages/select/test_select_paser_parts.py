@@ -196,6 +196,31 @@ def test_clustering_recovers_separated_clusters(k):
     assert auto.coords.shape[0] == len(x) and np.all(np.isfinite(auto.coords))
 
 
+def test_many_components_distinct_coordinates_and_k():
+    """More kNN-graph components than diffusion coordinates (a templated pool at
+    200k): each of the largest components, the largest one included, gets its
+    own non-zero coordinates, and K is the component count clipped to the range."""
+    from scipy.sparse.csgraph import connected_components
+
+    from stages.select.cluster import affinity, diffusion_map, eigengap, knn
+
+    x, _ = _blobs(25, 30, 0.02, seed=1)
+    a, _ = affinity(*knn(x, 5))
+    c, comp = connected_components(a, directed=False)
+    assert c >= 12
+    coords, lam = diffusion_map(a, 10)
+    assert np.allclose(lam, 0.0, atol=1e-9) and np.all(np.isfinite(coords))
+    big = np.argsort(-np.bincount(comp), kind="stable")[:11]
+    means = np.array([coords[comp == cc].mean(0) for cc in big])
+    for cc, m in zip(big, means, strict=True):
+        assert np.allclose(coords[comp == cc], m, atol=1e-6)  # one point each
+    gaps = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    assert np.linalg.norm(means, axis=1).min() > 1e-3
+    assert gaps[np.triu_indices(len(big), 1)].min() > 1e-3
+    assert eigengap(lam, (2, 8))[0] == 8
+    assert eigengap(np.r_[0.0, 0.0, 0.3, 0.31], (2, 5))[0] == 3  # 3 components
+
+
 def test_elbow_rule():
     assert elbow([2, 3, 4, 5, 6, 7], [1.0, 0.6, 0.2, 0.18, 0.16, 0.15]) == 4
     assert elbow([2, 3], [1.0, 0.5]) == 3
