@@ -176,15 +176,14 @@ def eigengap(lam: np.ndarray, k_range: tuple[int, int]) -> tuple[int, dict[int, 
     """K with the largest spectral gap λ_K - λ_{K-1} of the Laplacian, over
     ``k_range``; ``lam`` are the non-trivial eigenvalues λ_1 <= λ_2 <= ...
     (K well-separated groups give K-1 near-zero non-trivial eigenvalues).
-    Exact zeros are disconnected components of the graph, which diffusion never
-    joins: with c components K is c, clipped to the range."""
+    When every computed λ is zero (more graph components than eigenpairs), the
+    spectrum holds no gap: K is the top of the range."""
     lo, hi = max(2, k_range[0]), min(k_range[1], len(lam))
     if hi < lo:
         return lo, {}
     gaps = {kk: float(lam[kk - 1] - lam[kk - 2]) for kk in range(lo, hi + 1)}
-    zeros = int((np.asarray(lam) <= ZERO_EIGENVALUE).sum())
-    if zeros:
-        return min(max(zeros + 1, lo), hi), gaps
+    if np.all(np.asarray(lam[:hi]) <= ZERO_EIGENVALUE):
+        return hi, gaps
     return max(gaps, key=lambda kk: (gaps[kk], -kk)), gaps
 
 
