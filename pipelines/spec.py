@@ -292,8 +292,11 @@ def _validate_stage(
 
 
 def _check_inputs(
-    stages: dict[str, StageDecl], declared: list[str], issues: list[Issue]
+    stages: dict[str, StageDecl], declared: dict[str, str | None], issues: list[Issue]
 ) -> None:
+    """Input names exist and their kinds fit; ``declared`` maps every declared
+    stage to its kind (when known), so a stage whose own params are invalid is
+    still checked as an input."""
     names = sorted(declared)
     for decl in stages.values():
         params = decl.variants[0][1]
@@ -315,14 +318,14 @@ def _check_inputs(
                             f"no stage named '{ref}'{did_you_mean(str(ref), names)}",
                         )
                     )
-                elif ref in stages:
-                    up = stages[ref]
-                    provides = load_kind(up.kind).PROVIDES
+                elif declared[ref] in KINDS:
+                    up_kind = str(declared[ref])
+                    provides = load_kind(up_kind).PROVIDES
                     if need not in provides:
                         issues.append(
                             Issue(
                                 path,
-                                f"'{ref}' ({up.kind}) outputs "
+                                f"'{ref}' ({up_kind}) outputs "
                                 f"{'/'.join(sorted(provides))}, but a {need} is needed",
                             )
                         )
@@ -384,7 +387,11 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
         decl = _validate_stage(str(name), body, seed, issues)
         if decl is not None:
             stages[str(name)] = decl
-    _check_inputs(stages, [str(n) for n in stages_raw], issues)
+    kinds = {
+        str(n): b.get("kind") if isinstance(b, dict) else None
+        for n, b in stages_raw.items()
+    }
+    _check_inputs(stages, kinds, issues)
     topo_order(stages, issues)
     if issues:
         raise DeclarationError(source, issues)

@@ -240,3 +240,17 @@ def test_matrix_may_sweep_the_method_itself():
     assert set(variants) == {"paser", "random"}
     assert type(variants["paser"]).__module__ == "stages.select.paser"
     assert type(variants["random"]).__module__ == "stages.select.random"
+
+
+def test_input_of_an_invalid_stage_is_still_kind_checked():
+    d = mutate(
+        lambda d: (
+            st(d)["prune"].update(sparsity=1.5),
+            st(d)["recover"].update(data="prune"),
+        )
+    )
+    with pytest.raises(DeclarationError) as err:
+        validate(d)
+    msgs = {i.path: i.message for i in err.value.issues}
+    assert "stages.prune.sparsity" in msgs
+    assert "a dataset is needed" in msgs["stages.recover.data"]
