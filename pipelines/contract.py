@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,5 +145,6 @@ class Registry:
         """First sentence of the method module's docstring (one line)."""
         para = (self.load(name).__doc__ or "").strip().split("\n\n")[0]
         text = " ".join(para.split())
-        cut = text.find(". ")
-        return text[: cut + 1] if cut > 0 else text
+        # a sentence ends at ". " that is not "et al. " or "e.g. "
+        end = re.search(r"(?<!\bal)(?<!e\.g)\.\s", text)
+        return text[: end.start() + 1] if end else text

@@ -1,0 +1,31 @@
+"""`carp methods`: every registered method listed with its one-line summary."""
+
+import pytest
+
+from pipelines.cli import main
+
+
+@pytest.mark.parametrize(
+    ("kind", "names"),
+    [
+        ("prune", ["depth", "magnitude", "sparsegpt", "wanda", "width"]),
+        ("select", ["full", "ifd", "paser", "perplexity", "random"]),
+        ("recover", ["distill", "full", "lora"]),
+        ("evaluate", ["exact_match", "perplexity"]),
+    ],
+)
+def test_methods_lists_every_method(kind, names, capsys):
+    assert main(["methods", kind]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == names
+
+
+def test_summary_does_not_stop_at_et_al(capsys):
+    main(["methods", "prune"])
+    out = capsys.readouterr().out
+    assert "(Sun et al. 2023," in out
+
+
+def test_unknown_kind_is_a_clear_error(capsys):
+    assert main(["methods", "prnue"]) == 2
+    assert "did you mean 'prune'" in capsys.readouterr().err
