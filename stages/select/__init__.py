@@ -21,6 +21,7 @@ from pipelines.contract import Input, Registry, RunContext, StageParams, StageRe
 from stages.select.budget import check_budget, resolve_budget
 
 PROVIDES = frozenset({"dataset"})
+RESUMABLE = True  # score caches (embeddings, JSD) live in ctx.checkpoint_dir
 METHODS = Registry(
     "select",
     {
