@@ -254,7 +254,7 @@ def jsd_scores(
 
     from stages.common.io import load_tokenizer
     from stages.select.cache import fingerprint
-    from stages.select.scoring import encode_records, lm_key, lm_scores, load_lm
+    from stages.select.scoring import encode_records, lm_key, load_lm, record_scores
 
     mp, mo = Path(inputs["model"]), Path(inputs["reference"])
     tok = load_tokenizer(mp)
@@ -276,21 +276,8 @@ def jsd_scores(
         )
 
     fn = jsd_batch_fn(ref, pruned)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    vals, new = lm_scores(
-        name,
-        enc,
-        keys,
-        root,
-        1,
-        fn,
-        ctx,
-        pad,
-        params.max_batch_tokens,
-        params.max_batch,
-        device,
-    )
-    return vals[:, 0], n_tokens, new
+    vals, new = record_scores(name, enc, keys, root, fn, ctx, tok, params, device)
+    return vals, n_tokens, new
 
 
 def jsd_batch_fn(ref: Any, pruned: Any) -> Any:

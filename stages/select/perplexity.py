@@ -62,9 +62,9 @@ def nll_scores(
     from stages.select.scoring import (
         encode_records,
         lm_key,
-        lm_scores,
         load_lm,
         pick_device,
+        record_scores,
         response_logits,
     )
 
@@ -85,21 +85,8 @@ def nll_scores(
     def fn(batch: dict[str, Any]) -> Any:
         return response_nll(*response_logits(model, batch))
 
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    vals, new = lm_scores(
-        name,
-        enc,
-        keys,
-        root,
-        1,
-        fn,
-        ctx,
-        pad,
-        params.max_batch_tokens,
-        params.max_batch,
-        device,
-    )
-    return vals[:, 0], new
+    vals, new = record_scores(name, enc, keys, root, fn, ctx, tok, params, device)
+    return vals, new
 
 
 def _response_only(

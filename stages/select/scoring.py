@@ -102,6 +102,36 @@ def length_batches(
     return batches
 
 
+def record_scores(
+    name: str,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    keys: Sequence[str],
+    root: Any,
+    fn: Any,
+    ctx: Any,
+    tok: Any,
+    params: Any,
+    device: Any,
+) -> tuple[Any, int]:
+    """One cached score per record: :func:`lm_scores` with the tokenizer's pad id
+    and the batch limits of ``params`` (an ``LMParams``); returns (scores, new)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    vals, new = lm_scores(
+        name,
+        encoded,
+        keys,
+        root,
+        1,
+        fn,
+        ctx,
+        pad,
+        params.max_batch_tokens,
+        params.max_batch,
+        device,
+    )
+    return vals[:, 0], new
+
+
 def lm_scores(
     name: str,
     encoded: Sequence[tuple[list[int], list[int]]],
