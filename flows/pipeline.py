@@ -1,87 +1,188 @@
-"""Any carp declaration as a Prefect flow: one task per node, dependency order.
+"""Any carp declaration as a Prefect flow: one task per node, run in parallel.
 
-Tasks call the same ``run_node`` as ``carp stage`` (what DVC runs), with the
-same cache keys: a node whose output was made from the same params, input
-fingerprints and code is skipped with a log line. Retries only for kinds that
-declare them (``retries(params)``; e.g. a DeepSpeed launch that can lose a rank), not
-for deterministic compute that would fail the same way again.
+Each node is submitted with ``wait_for`` its upstream nodes' futures, so
+independent branches (the variants of a sweep) run at the same time, at most
+``max_parallel`` at once (Prefect's ``ThreadPoolTaskRunner``). A failed node
+fails only its descendants, which are not run; independent siblings finish. The
+declaration is parsed once per flow run. Tasks call the same ``run_node`` as
+``carp stage`` (what DVC runs), with the same cache keys: a node whose output
+was made from the same params, input fingerprints and code is skipped with a
+log line. Retries only for kinds that ask for them (``Kind.retries``; e.g. a
+DeepSpeed launch that can lose a rank and resumes), not for deterministic
+compute that would fail the same way again.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipelines.graph import build
+from pipelines.graph import Graph, build
 from pipelines.kinds import load_kind
+from pipelines.lineage import NULL_RUN
 from pipelines.runtime import Layout, open_lineage, run_node
 from pipelines.spec import load
 
 
-def _stage_task(
-    file: str, root: str, name: str, parent_id: str | None, force: bool
+@dataclass
+class FlowReport:
+    """Outcome of a flow run: node -> manifest summary, failures, not-run nodes."""
+
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # node -> error
+    not_run: dict[str, list[str]] = field(default_factory=dict)  # node -> failed ups
+
+    def summary(self) -> str:
+        lines = [f"carp: {len(self.done)} node(s) done"]
+        for name, err in self.failed.items():
+            lines.append(f"  FAILED  {name}: {err}")
+        for name, ups in self.not_run.items():
+            lines.append(f"  NOT RUN {name} (upstream failed: {', '.join(ups)})")
+        if self.failed:
+            lines[0] += f", {len(self.failed)} failed, {len(self.not_run)} not run"
+        return "\n".join(lines)
+
+
+def default_parallel() -> int:
+    """One node per two CPU cores, at least one."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _limit_threads(parallel: int) -> None:
+    """Share the cores between concurrent stages (torch/BLAS threads)."""
+    if parallel <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+
+
+def _node_task(
+    graph: Graph, name: str, layout: Layout, run: Any, force: bool
 ) -> dict[str, Any]:
-    """Run (or skip) one node; returns the small, JSON-able part of its manifest."""
-    graph = build(load(file))
-    layout = Layout(Path(root))
-    lineage = None
-    if parent_id is not None:
-        lineage, _ = open_lineage(graph, layout, reuse=True, parent_id=parent_id)
-    manifest = run_node(graph, name, layout, lineage, parent_id, force=force)
+    """Run (or skip) one node; return the small, JSON-able part of its manifest."""
+    manifest = run_node(graph, name, layout, run, force=force)
     return {k: manifest[k] for k in ("node", "cache_key", "fingerprint")}
 
 
-def retries_for(kind: Any, params: Any) -> int:
-    """Retries a kind asks for with these params (``retries(params)``); 0 if none.
+def submit_all(
+    graph: Graph, layout: Layout, run: Any, force: bool, runner: Any
+) -> tuple[dict[str, Any], FlowReport]:
+    """Submit every node to ``runner`` after its upstream futures; collect the
+    outcome (nodes downstream of a failure never start)."""
+    futures: dict[str, Any] = {}
+    for name, node in graph.nodes.items():
+        t = task(
+            _node_task,
+            name=name,
+            task_run_name=name,
+            retries=load_kind(node.kind).retries_for(node.params),
+            retry_delay_seconds=5,
+            cache_policy=NO_CACHE,
+        )
+        ups = [futures[u] for u in node.upstream]
+        args = {"graph": graph, "name": name, "layout": layout, "run": run}
+        futures[name] = runner.submit(t, {**args, "force": force}, wait_for=ups)
+    report = FlowReport()
+    for name, fut in futures.items():
+        fut.wait()
+        state = fut.state
+        if state.is_completed():
+            report.done[name] = fut.result()
+        elif state.is_failed() or state.is_crashed():
+            report.failed[name] = _error(state)
+        else:  # never ran: an upstream node failed
+            bad = _failed_ancestors(graph, name, report.failed)
+            report.not_run[name] = bad
+    return futures, report
 
-    Deterministic compute fails the same way twice; only launches that can lose
-    a rank or a port (DeepSpeed) and resume from checkpoints are worth a retry.
-    """
-    fn = getattr(kind, "retries", None)
-    return int(fn(params)) if fn else 0
+
+def _error(state: Any) -> str:
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as e:  # noqa: BLE001 - reported, not handled
+        return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return state.message or state.name
+
+
+def _failed_ancestors(graph: Graph, name: str, failed: dict[str, str]) -> list[str]:
+    seen, todo, out = set(), list(graph.nodes[name].upstream), []
+    while todo:
+        up = todo.pop()
+        if up in seen:
+            continue
+        seen.add(up)
+        if up in failed:
+            out.append(up)
+        todo.extend(graph.nodes[up].upstream)
+    return sorted(out)
 
 
 @flow(name="carp-pipeline", flow_run_name="{file}", log_prints=True)
 def carp_pipeline(
-    file: str = "params.yaml", root: str = ".", track: bool = True, force: bool = False
-) -> dict[str, Any]:
-    """Run every node of the declaration ``file`` in dependency order."""
-    root = str(Path(root).resolve())
-    file = str(Path(file) if Path(file).is_absolute() else Path(root) / file)
-    graph = build(load(file))
-    layout = Layout(Path(root))
-    parent_id = None
-    lineage = None
-    if track:
-        lineage, parent_id = open_lineage(graph, layout, reuse=False)
-    results: dict[str, Any] = {}
-    ok = False
+    file: str = "params.yaml",
+    root: str = ".",
+    track: bool = True,
+    force: bool = False,
+    max_parallel: int | None = None,
+) -> Any:
+    """Run every node of the declaration ``file``; fail naming the failed nodes."""
+    report = _run(file, root, track, force, max_parallel)
+    if report.failed:
+        return Failed(message=report.summary(), data=report)
+    return Completed(message=report.summary(), data=report)
+
+
+def _run(
+    file: str, root: str, track: bool, force: bool, max_parallel: int | None
+) -> FlowReport:
+    root_path = Path(root).resolve()
+    path = Path(file) if Path(file).is_absolute() else root_path / file
+    graph = build(load(path))
+    layout = Layout(root_path)
+    parallel = max_parallel or graph.decl.header.max_parallel or default_parallel()
+    _limit_threads(parallel)
+    run = open_lineage(graph, layout, reuse=False) if track else NULL_RUN
+    report = FlowReport()
     try:
-        for name, node in graph.nodes.items():
-            retries = retries_for(load_kind(node.kind), node.params)
-            t = task(
-                _stage_task,
-                name=name,
-                retries=retries,
-                retry_delay_seconds=5,
-                cache_policy=NO_CACHE,
-            )
-            results[name] = t(file, root, name, parent_id, force)
-        ok = True
+        runner = ThreadPoolTaskRunner(max_workers=parallel)
+        with runner:
+            _, report = submit_all(graph, layout, run, force, runner)
     finally:
-        if lineage is not None:
-            lineage.end(parent_id, ok=ok)
-    return results
+        run.end(ok=not report.failed and len(report.done) == len(graph.nodes))
+    return report
 
 
 def run_pipeline(
-    file: str, root: Path, track: bool = True, force: bool = False
-) -> dict[str, Any]:
-    return carp_pipeline(file=file, root=str(root), track=track, force=force)
+    file: str,
+    root: Path,
+    track: bool = True,
+    force: bool = False,
+    max_parallel: int | None = None,
+) -> FlowReport:
+    """Run the flow and return its report (also when nodes failed)."""
+    state = carp_pipeline(
+        file=file,
+        root=str(root),
+        track=track,
+        force=force,
+        max_parallel=max_parallel,
+        return_state=True,
+    )
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, FlowReport):
+        state.result(raise_on_failure=True)  # a flow-level error: re-raise it
+        raise RuntimeError(f"flow ended {state.name}: {state.message}")
+    return report
 
 
 def serve(file: str, cron: str, name: str | None = None) -> None:

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipelines.contract import UnknownName
 from pipelines.spec import DeclarationError
 
 DEFAULT_FILE = "params.yaml"
@@ -52,6 +53,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
+    from pipelines.lineage import NULL_RUN
     from pipelines.runtime import Layout, StageError, open_lineage, run_node
 
     graph = _load_graph(args.file)
@@ -65,11 +67,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
         )
         return 2
     layout = Layout(Path.cwd())
-    lineage, parent = (None, None)
-    if not args.no_track:
-        lineage, parent = open_lineage(graph, layout, reuse=True)
+    run = NULL_RUN if args.no_track else open_lineage(graph, layout, reuse=True)
     try:
-        run_node(graph, args.name, layout, lineage, parent, force=True)
+        run_node(graph, args.name, layout, run, force=True)
     except StageError as e:
         print(f"carp: {e}", file=sys.stderr)
         return 1
@@ -80,8 +80,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import run_pipeline
 
     _load_graph(args.file)  # validate before Prefect starts
-    run_pipeline(args.file, root=Path.cwd(), track=not args.no_track, force=args.force)
-    return 0
+    report = run_pipeline(
+        args.file,
+        root=Path.cwd(),
+        track=not args.no_track,
+        force=args.force,
+        max_parallel=args.max_parallel,
+    )
+    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
+    return 1 if report.failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -95,12 +102,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from pipelines.kinds import KINDS, load_kind
 
-    kinds = [args.kind] if args.kind else list(KINDS)
-    for kind in kinds:
-        mod = load_kind(kind)
-        print(f"{kind}:")
-        for name in mod.METHODS.names():
-            print(f"  {name:<14} {mod.METHODS.describe(name)}")
+    for name in [args.kind] if args.kind else list(KINDS):
+        kind = load_kind(name)
+        print(f"{name}:")
+        for method in kind.methods.names():
+            print(f"  {method:<14} {kind.methods.describe(method)}")
+        for catalog in kind.catalogs:
+            print(f"{name} {catalog.plural}:")
+            for entry in catalog.names():
+                print(f"  {entry:<14} {catalog.describe(entry)}")
     return 0
 
 
@@ -121,11 +131,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    uri = f"sqlite:///{(layout.home / 'mlflow.db').resolve()}"
-    print(
-        f"MLflow UI: mlflow ui --backend-store-uri {uri} "
-        f"--default-artifact-root {(layout.home / 'mlartifacts').resolve()}"
-    )
+    from pipelines.lineage import tracking_uri
+
+    uri = tracking_uri(layout.home, graph.decl.header.tracking_uri)
+    if uri.startswith("sqlite:"):
+        print(
+            f"MLflow UI: mlflow ui --backend-store-uri {uri} "
+            f"--default-artifact-root {(layout.home / 'mlartifacts').resolve()}"
+        )
+    else:
+        print(f"MLflow tracking server: {uri}")
     return 0
 
 
@@ -153,6 +168,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", default=DEFAULT_FILE)
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--force", action="store_true", help="re-run unchanged stages")
+    s.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="stages run at once (default: the declaration's max_parallel)",
+    )
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("serve", help="serve the flow on a cron schedule (Prefect)")
@@ -185,11 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeclarationError as e:
         print(e, file=sys.stderr)
         return 2
-    except KeyError as e:
-        if args.command == "methods":
-            print(f"carp: {e.args[0]}", file=sys.stderr)
-            return 2
-        raise
+    except UnknownName as e:
+        print(f"carp: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

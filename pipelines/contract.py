@@ -1,14 +1,15 @@
 """The stage contract: what every stage kind and method plugs into.
 
-A stage kind is a package ``stages/<kind>`` exposing
+A stage kind is a package ``stages/<kind>`` that ends with one :class:`Kind`
+description, ``KIND = Kind(...)``, registered in :mod:`pipelines.kinds`. The
+engine reads a kind only through that object: its params, method registry,
+``run`` function, the artifact kinds it provides, whether it resumes, whether it
+writes plots, how often Prefect may retry it and which extra modules a node runs.
 
-* ``PROVIDES``: the artifact kinds its output folder satisfies (``{"model"}``),
-* ``METHODS``: a :class:`Registry` of method name -> module path (lazy import),
-* ``run(params, inputs, out_dir, ctx) -> StageResult``.
-
-A method module exposes ``Params`` (a subclass of the kind's base params, with
-``extra="forbid"``) and whatever the kind's ``run`` calls on it. Method modules
-import torch & co. inside functions so that validation stays fast.
+A method module exposes ``Params`` (a subclass of the kind's ``Params``, with
+``extra="forbid"``) and the kind's entry function (``Kind.entry``); the method
+registry checks both when it loads the module. Method modules import torch & co.
+inside functions so that validation stays fast. See docs/stage-contract.md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ARTIFACT_KINDS = ("world", "dataset", "model", "adapter", "metrics", "tokenizer"
 
 def Input(kind: str, description: str, default: Any = ..., **kw: Any) -> Any:
     """A params field naming upstream stage(s) whose output must provide ``kind``."""
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"Input: unknown artifact kind '{kind}'")
     extra = {"carp_input": kind}
     return Field(default, description=description, json_schema_extra=extra, **kw)
 
@@ -44,6 +47,24 @@ class StageParams(BaseModel):
     seed: int | None = Field(
         None, description="Random seed; defaults to the pipeline's `seed`."
     )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A method that narrows an inherited field (``method: Literal["x"]``)
+        keeps the field's description unless it gives its own."""
+        super().__pydantic_init_subclass__(**kwargs)
+        changed = False
+        for name, info in cls.model_fields.items():
+            if info.description:
+                continue
+            for base in cls.__mro__[1:]:
+                inherited = getattr(base, "model_fields", {}).get(name)
+                if inherited is not None and inherited.description:
+                    info.description = inherited.description
+                    changed = True
+                    break
+        if changed:
+            cls.model_rebuild(force=True)
 
     @classmethod
     def input_fields(cls) -> dict[str, str]:
@@ -73,33 +94,31 @@ class StageResult:
     plots: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
-    artifact: str = "model"
     summary: str | None = None
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
 class RunContext:
-    """Services the engine hands a stage: step metrics, progress bars, a seed,
-    and a persistent checkpoint folder that survives a failed or killed run.
+    """What the engine hands a stage besides params, inputs and out_dir.
 
-    The base implementation logs nowhere; the engine passes one wired to MLflow.
+    ``seed`` is the node's resolved seed (the one source: the declaration fills
+    ``params.seed`` from the pipeline's ``seed``). ``checkpoint_dir`` is a
+    persistent folder that survives a failed or killed run (resumable kinds
+    only; None otherwise). ``input_fingerprints`` maps each input field to the
+    upstream outputs' content fingerprints (a list for list inputs), for caches
+    keyed on input content. ``log_metrics`` sends step metrics to MLflow.
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        checkpoint_dir: Path | None = None,
-        log_fn: Callable[[dict[str, float], int], None] | None = None,
-        name: str = "stage",
-    ) -> None:
-        self.seed = seed
-        self.checkpoint_dir = checkpoint_dir
-        self.name = name
-        self._log_fn = log_fn
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    name: str = "stage"
+    input_fingerprints: dict[str, Any] = field(default_factory=dict)
+    log_fn: Callable[[dict[str, float], int], None] | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self._log_fn is not None:
-            self._log_fn({k: float(v) for k, v in metrics.items()}, step)
+        if self.log_fn is not None:
+            self.log_fn({k: float(v) for k, v in metrics.items()}, step)
 
     def progress(
         self, it: Iterable[T], desc: str, total: int | None = None, **kw: Any
@@ -109,42 +128,175 @@ class RunContext:
         return iter(tqdm(it, desc=f"{self.name}: {desc}", total=total, **kw))
 
 
-class UnknownMethod(KeyError):
-    pass
+class UnknownName(KeyError):
+    """A name that is not registered; the message carries "did you mean"."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(TypeError):
+    """A registered module does not follow the contract."""
 
 
 class Registry:
-    """Method name -> ``module`` path, imported on first use.
+    """Name -> ``"module"`` or ``"module:attribute"``, imported on first use.
 
-    ``carp methods`` lists ``name: first docstring line`` for each entry.
+    One class for kinds, methods, world families and evaluation suites. When
+    ``base`` and/or ``entry`` are given, loading a module checks that it defines
+    ``Params`` as a subclass of ``base`` and a callable ``entry``.
+    Iterating yields the names in registration order.
     """
 
-    def __init__(self, kind: str, entries: dict[str, str]) -> None:
-        self.kind = kind
+    def __init__(
+        self,
+        what: str,
+        entries: dict[str, str],
+        base: type | None = None,
+        entry: str | None = None,
+        plural: str | None = None,
+    ) -> None:
+        self.what = what
+        self.plural = plural or f"{what}s"
         self._entries = dict(entries)
+        self.base = base
+        self.entry = entry
+        self._checked: set[str] = set()
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def register(self, name: str, target: str) -> None:
+        """Add ``name`` -> ``"module"`` or ``"module:attribute"`` (plugins, tests)."""
+        self._entries[name] = target
+        self._checked.discard(name)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+        self._checked.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def target(self, name: str) -> str:
+        """The module path (without ``:attribute``) registered as ``name``."""
+        self._require(name)
+        return self._entries[name].partition(":")[0]
+
     def suggest(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=1)
+        """``did you mean 'x'? known <what>s: a, b, c``."""
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        return f"{hint}known {self.kind} methods: {', '.join(self.names())}"
+        return f"{hint}known {self.plural}: {', '.join(self.names())}"
+
+    def unknown(self, name: str) -> str:
+        return f"unknown {self.what} '{name}'; {self.suggest(name)}"
+
+    def _require(self, name: str) -> None:
+        if name not in self._entries:
+            raise UnknownName(self.unknown(name))
 
     def load(self, name: str) -> Any:
-        if name not in self._entries:
-            raise UnknownMethod(
-                f"unknown {self.kind} method '{name}': " + self.suggest(name)
-            )
-        return importlib.import_module(self._entries[name])
+        """The registered module (or attribute), checked against the contract."""
+        self._require(name)
+        mod_name, _, attr = self._entries[name].partition(":")
+        mod = importlib.import_module(mod_name)
+        obj = getattr(mod, attr) if attr else mod
+        if name not in self._checked:
+            self._check(name, obj)
+            self._checked.add(name)
+        return obj
+
+    def _check(self, name: str, obj: Any) -> None:
+        where = f"{self.what} '{name}' ({self._entries[name]})"
+        if self.base is not None:
+            params = getattr(obj, "Params", None)
+            if not (isinstance(params, type) and issubclass(params, self.base)):
+                raise RegistryError(
+                    f"{where} must define Params as a subclass of "
+                    f"{self.base.__module__}.{self.base.__qualname__}"
+                )
+        if self.entry is not None and not callable(getattr(obj, self.entry, None)):
+            raise RegistryError(f"{where} must define a function {self.entry}()")
 
     def describe(self, name: str) -> str:
-        """First sentence of the method module's docstring (one line)."""
-        para = (self.load(name).__doc__ or "").strip().split("\n\n")[0]
+        """First sentence of the registered module's docstring (one line)."""
+        mod = importlib.import_module(self.target(name))
+        para = (mod.__doc__ or "").strip().split("\n\n")[0]
         text = " ".join(para.split())
         # a sentence ends at ". " that is not "et al. " or "e.g. "
         end = re.search(r"(?<!\bal)(?<!e\.g)\.\s", text)
         return text[: end.start() + 1] if end else text
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything the engine knows about a stage kind, in one place.
+
+    ``provides`` are the artifact kinds every output of this kind satisfies;
+    ``extra_provides(params)`` adds kinds that depend on params (a LoRA stage
+    with ``save_adapter: true`` also provides an ``adapter``). ``resumable``
+    kinds get a persistent ``checkpoints/<node>`` folder (``ctx.checkpoint_dir``),
+    declared ``persist: true`` in dvc.yaml. ``plots``: whether the kind writes
+    plots (dvc.yaml declares ``reports/<node>/plots`` only then). ``retries``:
+    Prefect retries for these params (only where a retry can succeed, e.g. a
+    DeepSpeed launch that resumes). ``code(params)``: modules a node runs beyond
+    the kind and its method (loaded by name at run time, e.g. evaluation suites),
+    part of its code identity. ``catalogs``: other registries its params name
+    entries of (suites, task families), listed by ``carp methods``.
+    """
+
+    name: str
+    params: type[StageParams]
+    methods: Registry
+    run: Callable[[Any, dict[str, Any], Path, RunContext], StageResult]
+    provides: frozenset[str]
+    default_method: str | None = None
+    resumable: bool = False
+    plots: bool = True
+    extra_provides: Callable[[Any], Iterable[str]] | None = None
+    retries: Callable[[Any], int] | None = None
+    code: Callable[[Any], Iterable[str]] | None = None
+    catalogs: tuple[Registry, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = set(self.provides) - set(ARTIFACT_KINDS)
+        if bad:
+            raise RegistryError(f"kind '{self.name}': unknown artifact kinds {bad}")
+        if self.default_method is not None and self.default_method not in (
+            self.methods
+        ):
+            raise RegistryError(
+                f"kind '{self.name}': default method '{self.default_method}' "
+                "is not registered"
+            )
+
+    def method(self, name: str) -> Any:
+        """The checked method module registered as ``name``."""
+        return self.methods.load(name)
+
+    def params_class(self, method: str) -> type[StageParams]:
+        return self.method(method).Params
+
+    def outputs(self, params: Any | None = None) -> frozenset[str]:
+        """Artifact kinds of a node's output (``params=None``: the static set)."""
+        if params is None or self.extra_provides is None:
+            return self.provides
+        return self.provides | frozenset(self.extra_provides(params))
+
+    def retries_for(self, params: Any) -> int:
+        return int(self.retries(params)) if self.retries else 0
+
+    def code_modules(self, params: Any) -> list[str]:
+        """Module names a node with ``params`` runs: the kind package, its
+        method module and ``code(params)``."""
+        mods = [self.run.__module__, self.methods.target(params.method)]
+        if self.code is not None:
+            mods += list(self.code(params))
+        return list(dict.fromkeys(mods))

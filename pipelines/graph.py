@@ -10,17 +10,14 @@ combine by natural join on their origins); a list-valued input (evaluate's
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pipelines.contract import StageParams
-from pipelines.kinds import KINDS
 from pipelines.spec import Declaration, Issue, topo_order
 
 # Engine-written files that are not part of an artifact's content.
@@ -79,35 +76,49 @@ def _join(
     return out
 
 
+def _scalar_inputs(params: StageParams) -> tuple[tuple[str, str], ...]:
+    """(field, upstream stage) of the single-valued inputs that are set."""
+    out = []
+    for f in type(params).input_fields():
+        v = getattr(params, f)
+        if v is not None and not isinstance(v, list | tuple):
+            out.append((f, v))
+    return tuple(out)
+
+
 def build(decl: Declaration) -> Graph:
-    """Expand a validated declaration into nodes in dependency order."""
+    """Expand a validated declaration into nodes in dependency order.
+
+    Variants are grouped by the single-valued inputs they read (a method sweep
+    may mix methods with different inputs); each group fans out over the
+    variants of those upstream stages, joined on shared origins.
+    """
     graph = Graph(decl)
     by_stage: dict[str, list[Node]] = {}
     for sname in topo_order(decl.stages, []):
         sd = decl.stages[sname]
-        proto = sd.variants[0][1]
-        in_fields = type(proto).input_fields()
-        scalar = [
-            f for f in in_fields if not isinstance(getattr(proto, f), list | tuple)
-        ]
-        scalar = [f for f in scalar if getattr(proto, f) is not None]
-        options = [
-            [(n.name, n.origin) for n in by_stage[getattr(proto, f)]] for f in scalar
-        ]
+        groups: dict[tuple[tuple[str, str], ...], list[tuple[str, StageParams]]] = {}
+        for label, params in sd.variants:
+            groups.setdefault(_scalar_inputs(params), []).append((label, params))
         nodes: list[Node] = []
-        for names, origin in _join(options) if options else [([], ())]:
-            for label, params in sd.variants:
-                full_origin = origin + ((sname, label),) if label else origin
-                inputs: dict[str, str | list[str]] = dict(
-                    zip(scalar, names, strict=True)
-                )
-                for f in in_fields:
-                    value = getattr(params, f)
-                    if isinstance(value, list | tuple):
-                        inputs[f] = [n.name for ref in value for n in by_stage[ref]]
-                suffix = "-".join(lbl for _, lbl in full_origin)
-                name = f"{sname}@{suffix}" if suffix else sname
-                nodes.append(Node(name, sname, sd.kind, params, inputs, full_origin))
+        for scalar, variants in groups.items():
+            fields = [f for f, _ in scalar]
+            options = [[(n.name, n.origin) for n in by_stage[ref]] for _, ref in scalar]
+            for names, origin in _join(options) if options else [([], ())]:
+                for label, params in variants:
+                    full_origin = origin + ((sname, label),) if label else origin
+                    inputs: dict[str, str | list[str]] = dict(
+                        zip(fields, names, strict=True)
+                    )
+                    for f in type(params).input_fields():
+                        value = getattr(params, f)
+                        if isinstance(value, list | tuple):
+                            inputs[f] = [n.name for r in value for n in by_stage[r]]
+                    suffix = "-".join(lbl for _, lbl in full_origin)
+                    name = f"{sname}@{suffix}" if suffix else sname
+                    nodes.append(
+                        Node(name, sname, sd.kind, params, inputs, full_origin)
+                    )
         by_stage[sname] = nodes
         for node in nodes:
             graph.nodes[node.name] = node
@@ -153,24 +164,40 @@ def folder_fingerprint(folder: Path, exclude: Iterable[str] = ()) -> str:
     return h.hexdigest()[:16]
 
 
-@cache
-def code_version(kind: str) -> str:
-    """Hash of the source a kind runs (see :func:`code_roots`)."""
-    files = {}
-    for r in code_roots(kind):
-        for f in [r] if r.is_file() else sorted(r.rglob("*.py")):
-            files[f.relative_to(r.parent).as_posix()] = file_digest(f)
-    return sha256(canonical(files))[:16]
+REPO = Path(__file__).resolve().parent.parent
 
 
-def code_roots(kind: str) -> list[Path]:
-    """What a kind runs: its package folder (or module file) and stages/common."""
-    spec = importlib.util.find_spec(KINDS[kind])
-    if spec is None or spec.origin is None:
-        raise KeyError(f"kind '{kind}': module {KINDS[kind]} not found")
-    origin = Path(spec.origin)
-    own = origin.parent if origin.name == "__init__.py" else origin
-    return [own, Path(__file__).resolve().parent.parent / "stages" / "common"]
+def node_code(node: Node) -> list[str]:
+    """Repo-relative source files a node runs: its kind, its method and what
+    they import, transitively (see :mod:`pipelines.code`). Modules of other
+    top-level packages (plugins, test kinds) are followed within their package."""
+    import importlib.util
+
+    from pipelines.code import code_files
+    from pipelines.kinds import load_kind
+
+    by_top: dict[str, list[str]] = {}
+    for mod in load_kind(node.kind).code_modules(node.params):
+        by_top.setdefault(mod.split(".")[0], []).append(mod)
+    files: list[str] = []
+    for top, mods in by_top.items():
+        base = REPO
+        if top != "stages":
+            spec = importlib.util.find_spec(top)
+            if spec is None or spec.origin is None:
+                raise KeyError(f"kind '{node.kind}': module {top} not found")
+            base = Path(spec.origin).resolve().parent.parent
+        for f in code_files(mods, base, packages=(top,)):
+            path = (base / f).resolve()
+            rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+            files.append(rel.as_posix())
+    return sorted(dict.fromkeys(files))
+
+
+def node_code_version(node: Node) -> str:
+    from pipelines.code import code_version
+
+    return code_version(node_code(node), REPO)
 
 
 def cache_key(node: Node, input_fps: dict[str, str | list[str]]) -> str:
@@ -179,7 +206,7 @@ def cache_key(node: Node, input_fps: dict[str, str | list[str]]) -> str:
         "kind": node.kind,
         "params": node.params.model_dump(mode="json"),
         "inputs": input_fps,
-        "code": code_version(node.kind),
+        "code": node_code_version(node),
     }
     return sha256(canonical(payload))[:16]
 

@@ -1,32 +1,30 @@
-"""Stage kind registry: kind name -> package (imported lazily).
+"""Stage kind registry: kind name -> the ``KIND`` description of its package.
 
-Adding a kind is a new package under ``stages/`` plus one entry here.
+Adding a kind is a new package under ``stages/`` ending with ``KIND = Kind(...)``
+plus one entry here (see docs/stage-contract.md).
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-from types import ModuleType
+from pipelines.contract import Kind, Registry, RegistryError
 
-KINDS: dict[str, str] = {
-    "world": "stages.world",
-    "pretrain": "stages.world.pretrain",
-    "pretrained": "stages.pretrained",
-    "prune": "stages.prune",
-    "select": "stages.select",
-    "recover": "stages.recover",
-    "evaluate": "stages.evaluate",
-}
-
-
-def suggest_kind(name: str) -> str:
-    close = difflib.get_close_matches(name, sorted(KINDS), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}known kinds: {', '.join(sorted(KINDS))}"
+KINDS = Registry(
+    "kind",
+    {
+        "world": "stages.world:KIND",
+        "pretrain": "stages.world.pretrain:KIND",
+        "pretrained": "stages.pretrained:KIND",
+        "prune": "stages.prune:KIND",
+        "select": "stages.select:KIND",
+        "recover": "stages.recover:KIND",
+        "evaluate": "stages.evaluate:KIND",
+    },
+)
 
 
-def load_kind(name: str) -> ModuleType:
-    if name not in KINDS:
-        raise KeyError(f"unknown kind '{name}': {suggest_kind(name)}")
-    return importlib.import_module(KINDS[name])
+def load_kind(name: str) -> Kind:
+    """The :class:`Kind` registered as ``name`` (UnknownName with "did you mean")."""
+    kind = KINDS.load(name)
+    if not isinstance(kind, Kind):
+        raise RegistryError(f"kind '{name}': KIND must be a pipelines.contract.Kind")
+    return kind

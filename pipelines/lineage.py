@@ -129,22 +129,107 @@ class Lineage:
         self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
     def log_dataset(self, run_id: str, path: Path, name: str, context: str) -> None:
-        """``mlflow.log_input`` for a JSONL dataset, referenced by its path."""
+        """``log_input`` for a JSONL dataset, referenced by its path (through the
+        client, not the fluent API, so concurrent stages do not share state)."""
         import warnings
 
         import mlflow
         import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
 
         df = pd.read_json(path, lines=True)
-        mlflow.set_tracking_uri(self.uri)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source-type and int-schema hints
             ds = mlflow.data.from_pandas(df, source=str(path.resolve()), name=name)
-            with mlflow.start_run(run_id=run_id):
-                mlflow.log_input(ds, context=context)
+            entity = ds._to_mlflow_entity()
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self.client.log_inputs(run_id, [DatasetInput(dataset=entity, tags=[tag])])
 
     def end(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def bind(self, parent_id: str) -> PipelineRun:
+        return PipelineRun(self, parent_id)
+
+
+class PipelineRun:
+    """The lineage of one pipeline execution: a parent run and its stage runs."""
+
+    def __init__(self, lineage: Lineage, parent_id: str) -> None:
+        self.lineage = lineage
+        self.parent_id = parent_id
+
+    def stage(
+        self, name: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> StageRun:
+        """Open the child run of stage ``name`` with its tags and params."""
+        run_id = self.lineage.child(self.parent_id, name, tags)
+        self.lineage.log_params(run_id, params)
+        return StageRun(self.lineage, run_id)
+
+    def end(self, ok: bool) -> None:
+        self.lineage.end(self.parent_id, ok)
+
+
+class StageRun:
+    """One stage's child run: step metrics (buffered), outputs, final state."""
+
+    def __init__(self, lineage: Lineage, run_id: str) -> None:
+        self.lineage = lineage
+        self.run_id = run_id
+        self.steps = StepLogger(lineage, run_id)
+
+    def log_step(self, metrics: dict[str, float], step: int) -> None:
+        self.steps(metrics, step)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.steps.flush()
+        self.lineage.log_metrics(self.run_id, metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        self.lineage.log_artifact(self.run_id, path, artifact_path)
+
+    def log_dataset(self, path: Path, name: str, context: str) -> None:
+        self.lineage.log_dataset(self.run_id, path, name, context)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.lineage.set_tags(self.run_id, tags)
+
+    def end(self, ok: bool) -> None:
+        self.steps.flush()
+        self.lineage.end(self.run_id, ok)
+
+
+class NullStageRun:
+    """Stage lineage when tracking is off: every call does nothing."""
+
+    def log_step(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float]) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str) -> None: ...
+
+    def log_dataset(self, path: Path, name: str, context: str) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def end(self, ok: bool) -> None: ...
+
+
+class NullRun:
+    """Pipeline lineage when tracking is off."""
+
+    parent_id: str | None = None
+
+    def stage(
+        self, name: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> NullStageRun:
+        return NullStageRun()
+
+    def end(self, ok: bool) -> None: ...
+
+
+NULL_RUN = NullRun()
 
 
 class StepLogger:

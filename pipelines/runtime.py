@@ -21,9 +21,10 @@ from typing import Any
 import yaml
 
 from pipelines import __version__
-from pipelines.contract import RunContext
+from pipelines.contract import Kind, RunContext, StageResult
 from pipelines.graph import Graph, Node, cache_key, declaration_hash, folder_fingerprint
 from pipelines.kinds import load_kind
+from pipelines.lineage import NULL_RUN
 
 log = logging.getLogger("carp")
 
@@ -64,12 +65,6 @@ class Layout:
 
     def checkpoint(self, node: str) -> Path:
         return self.root / CHECKPOINTS / node
-
-
-def provides(kind: Any, node: Node) -> frozenset[str]:
-    """Artifact kinds of a node's output (some depend on params, e.g. adapters)."""
-    fn = getattr(kind, "provides", None)
-    return frozenset(fn(node.params)) if fn else kind.PROVIDES
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -148,173 +143,193 @@ def _write_report(layout: Layout, node: Node, out: Path, plots: list[str]) -> No
     _publish(tmp, rep)
 
 
-def run_node(
-    graph: Graph,
-    name: str,
-    layout: Layout,
-    lineage: Any = None,
-    parent_id: str | None = None,
-    force: bool = True,
-) -> dict[str, Any]:
-    """Run one node and publish ``artifacts/<name>``; return its manifest.
+@dataclass(frozen=True)
+class Prepared:
+    """A node ready to run: its kind, input folders and fingerprints, cache key."""
 
-    With ``force=False`` an output made from the same cache key is kept and the
-    stage is skipped (the Prefect path; DVC decides staleness itself).
-    """
+    node: Node
+    kind: Kind
+    inputs: dict[str, Any]
+    input_fps: dict[str, Any]
+    key: str
+    decl_hash: str
+
+
+def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
+    """Resolve a node's inputs (failing clearly when one is missing) and key."""
     node = graph.nodes[name]
-    kind = load_kind(node.kind)
     inputs = input_folders(graph, node, layout)
     in_fps = input_fingerprints(inputs)
-    key = cache_key(node, in_fps)
-    out = layout.out(name)
-    if not force and is_current(layout, node, key):
-        log.info("stage %s unchanged (cache key %s): skipped", name, key)
-        return read_manifest(out) or {}
+    return Prepared(
+        node,
+        load_kind(node.kind),
+        inputs,
+        in_fps,
+        cache_key(node, in_fps),
+        declaration_hash(graph.decl),
+    )
 
-    decl_hash = declaration_hash(graph.decl)
+
+def stage_tags(prep: Prepared, layout: Layout) -> dict[str, str]:
+    """MLflow tags of a node's child run."""
+    from pipelines.lineage import git_commit
+
+    node = prep.node
     tags = {
         "carp.stage": node.stage,
-        "carp.node": name,
+        "carp.node": node.name,
         "carp.kind": node.kind,
         "carp.method": node.params.method,
-        "carp.cache_key": key,
-        "carp.decl_hash": decl_hash,
+        "carp.cache_key": prep.key,
+        "carp.decl_hash": prep.decl_hash,
+        "carp.git_commit": git_commit(layout.home),
     }
-    tags.update(
-        {
-            f"carp.input.{k}": ",".join(v) if isinstance(v, list) else v
-            for k, v in in_fps.items()
-        }
-    )
-    run_id = None
-    step_logger = None
-    if lineage is not None and parent_id is not None:
-        from pipelines.lineage import StepLogger, git_commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    for k, v in prep.input_fps.items():
+        tags[f"carp.input.{k}"] = ",".join(v) if isinstance(v, list) else v
+    return tags
 
-        tags["carp.git_commit"] = git_commit(layout.home)
-        exp_name = os.environ.get("DVC_EXP_NAME")
-        if exp_name:
-            tags["carp.dvc_exp"] = exp_name
-        run_id = lineage.child(parent_id, name, tags)
-        params = {
-            f"{node.stage}.{k}": v
-            for k, v in node.params.model_dump(mode="json").items()
-        }
-        lineage.log_params(run_id, params)
-        step_logger = StepLogger(lineage, run_id)
 
+def execute(prep: Prepared, layout: Layout, tmp: Path, stage: Any) -> StageResult:
+    """Run the kind into the empty folder ``tmp`` and write the engine's files
+    (metrics.json, params.resolved.yaml, carp.json) beside its output."""
+    node, kind = prep.node, prep.kind
     ckpt = None
-    if getattr(kind, "RESUMABLE", False):
-        ckpt = layout.checkpoint(name)
+    if kind.resumable:
+        ckpt = layout.checkpoint(node.name)
         ckpt.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(
         seed=int(node.params.seed or 0),
         checkpoint_dir=ckpt,
-        log_fn=step_logger,
-        name=name,
+        name=node.name,
+        input_fingerprints=prep.input_fps,
+        log_fn=stage.log_step,
     )
+    t0 = time.time()
+    result = kind.run(node.params, prep.inputs, tmp, ctx)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics["stage_seconds"] = round(time.time() - t0, 3)
+    result.metrics = metrics
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    resolved = {
+        "stage": node.stage,
+        "node": node.name,
+        "kind": node.kind,
+        "params": node.params.model_dump(mode="json"),
+        "inputs": node.inputs,
+    }
+    (tmp / "params.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
+    manifest = {
+        "node": node.name,
+        "stage": node.stage,
+        "kind": node.kind,
+        "method": node.params.method,
+        "artifact": sorted(kind.outputs(node.params)),
+        "cache_key": prep.key,
+        "fingerprint": folder_fingerprint(tmp, [*result.plots, *result.reports]),
+        "inputs": prep.input_fps,
+        "input_nodes": node.inputs,
+        "declaration": prep.decl_hash,
+        "versions": versions(),
+        "plots": result.plots,
+        "reports": result.reports,
+        "datasets": result.datasets,
+        **result.extra_manifest,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return result
+
+
+def publish(prep: Prepared, layout: Layout, tmp: Path, result: StageResult) -> None:
+    """Swap the finished folder into artifacts/<node>, then reports/<node>."""
+    out = layout.out(prep.node.name)
+    _publish(tmp, out)
+    _write_report(layout, prep.node, out, result.plots)
+
+
+def run_node(
+    graph: Graph,
+    name: str,
+    layout: Layout,
+    run: Any = NULL_RUN,
+    force: bool = True,
+) -> dict[str, Any]:
+    """Prepare, execute in a temp folder and publish one node; return its manifest.
+
+    ``run`` is the pipeline's lineage (:class:`pipelines.lineage.PipelineRun`,
+    or ``NULL_RUN`` when tracking is off). With ``force=False`` an output made
+    from the same cache key is kept and the stage is skipped (the Prefect path;
+    DVC decides staleness itself).
+    """
+    prep = prepare(graph, name, layout)
+    out = layout.out(name)
+    if not force and is_current(layout, prep.node, prep.key):
+        log.info("stage %s unchanged (cache key %s): skipped", name, prep.key)
+        return read_manifest(out) or {}
+    tags = stage_tags(prep, layout) if run is not NULL_RUN else {}
+    params = {
+        f"{prep.node.stage}.{k}": v
+        for k, v in prep.node.params.model_dump(mode="json").items()
+    }
+    stage = run.stage(name, tags, params)
     tmp = out.with_name(f".tmp-{name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     t0 = time.time()
     try:
-        result = kind.run(node.params, inputs, tmp, ctx)
-        metrics = {k: float(v) for k, v in result.metrics.items()}
-        metrics["stage_seconds"] = round(time.time() - t0, 3)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        (tmp / "params.resolved.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "stage": node.stage,
-                    "node": name,
-                    "kind": node.kind,
-                    "params": node.params.model_dump(mode="json"),
-                    "inputs": node.inputs,
-                },
-                sort_keys=True,
-            )
-        )
-        fingerprint = folder_fingerprint(tmp, [*result.plots, *result.reports])
-        manifest = {
-            "node": name,
-            "stage": node.stage,
-            "kind": node.kind,
-            "method": node.params.method,
-            "artifact": sorted(provides(kind, node)),
-            "cache_key": key,
-            "fingerprint": fingerprint,
-            "inputs": in_fps,
-            "input_nodes": node.inputs,
-            "declaration": decl_hash,
-            "versions": versions(),
-            "plots": result.plots,
-            "reports": result.reports,
-            "datasets": result.datasets,
-            **result.extra_manifest,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _publish(tmp, out)
-        _write_report(layout, node, out, result.plots)
+        result = execute(prep, layout, tmp, stage)
+        manifest = json.loads((tmp / MANIFEST).read_text())
+        publish(prep, layout, tmp, result)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if run_id is not None:
-            if step_logger is not None:
-                step_logger.flush()
-            lineage.end(run_id, ok=False)
+        stage.end(ok=False)
         raise
-    if run_id is not None:
-        step_logger.flush()
-        _log_outputs(lineage, run_id, node, out, result, metrics, fingerprint)
+    _log_outputs(stage, prep.node, out, result, manifest["fingerprint"])
     if result.summary:
         print(result.summary, flush=True)
     log.info(
-        "stage %s done in %.1fs (fingerprint %s)", name, time.time() - t0, fingerprint
+        "stage %s done in %.1fs (fingerprint %s)",
+        name,
+        time.time() - t0,
+        manifest["fingerprint"],
     )
     return manifest
 
 
 def _log_outputs(
-    lineage: Any,
-    run_id: str,
-    node: Node,
-    out: Path,
-    result: Any,
-    metrics: dict[str, float],
-    fingerprint: str,
+    stage: Any, node: Node, out: Path, result: StageResult, fingerprint: str
 ) -> None:
-    lineage.log_metrics(run_id, metrics)
+    stage.log_metrics(result.metrics)
     for rel in result.plots:
-        lineage.log_artifact(run_id, out / rel, "plots")
+        stage.log_artifact(out / rel, "plots")
     for rel in result.reports:
-        lineage.log_artifact(run_id, out / rel, "reports")
-    lineage.log_artifact(run_id, out / "params.resolved.yaml", "")
-    lineage.log_artifact(run_id, out / MANIFEST, "")
+        stage.log_artifact(out / rel, "reports")
+    stage.log_artifact(out / "params.resolved.yaml", "")
+    stage.log_artifact(out / MANIFEST, "")
     for rel in result.datasets:
-        lineage.log_dataset(run_id, out / rel, f"{node.name}/{rel}", "output")
+        stage.log_dataset(out / rel, f"{node.name}/{rel}", "output")
     for field, ref in node.inputs.items():
         for r in ref if isinstance(ref, list) else [ref]:
             data = out.parent / r / "data.jsonl"
-            if data.exists() and "dataset" in (read_manifest(out.parent / r) or {}).get(
-                "artifact", []
-            ):
-                lineage.log_dataset(run_id, data, f"{r}/data.jsonl", field)
-    lineage.set_tags(
-        run_id,
+            artifact = (read_manifest(out.parent / r) or {}).get("artifact", [])
+            if data.exists() and "dataset" in artifact:
+                stage.log_dataset(data, f"{r}/data.jsonl", field)
+    stage.set_tags(
         {
             "carp.output_fingerprint": fingerprint,
             "carp.output_path": str(out.resolve()),
-        },
+        }
     )
-    lineage.end(run_id, ok=True)
+    stage.end(ok=True)
 
 
-def open_lineage(
-    graph: Graph, layout: Layout, reuse: bool, parent_id: str | None = None
-) -> tuple[Any, str]:
-    """Connect to MLflow and find or create this execution's parent run.
+def open_lineage(graph: Graph, layout: Layout, reuse: bool) -> Any:
+    """Connect to MLflow and find or create this execution's parent run;
+    return it as a :class:`pipelines.lineage.PipelineRun`.
 
     ``reuse=True`` (one process per stage, under DVC) finds the parent by
-    declaration hash + git commit (+ DVC experiment); the Prefect flow always
-    opens a new parent for each flow run.
+    declaration hash + git commit (+ DVC experiment); the Prefect flow opens a
+    new parent for each flow run.
     """
     from pipelines.lineage import Lineage, git_commit, tracking_uri
 
@@ -332,6 +347,4 @@ def open_lineage(
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
-    if parent_id is not None:
-        return lineage, parent_id
-    return lineage, lineage.parent(tags, reuse=reuse)
+    return lineage.bind(lineage.parent(tags, reuse=reuse))

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.contract import StageParams, UnknownMethod
-from pipelines.kinds import KINDS, load_kind, suggest_kind
+from pipelines.contract import RegistryError, StageParams, UnknownName
+from pipelines.kinds import KINDS, load_kind
 
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 ENGINE_KEYS = ("kind", "matrix", "seeds")
@@ -36,6 +36,13 @@ class PipelineHeader(BaseModel):
     )
     experiment: str | None = Field(
         None, description="MLflow experiment name; default 'carp-<pipeline>'."
+    )
+    max_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Prefect flow: most nodes run at once; default one per two "
+        "CPU cores (at least 1). `carp run --max-parallel N` overrides it.",
     )
     stages: dict[str, Any] = Field(..., description="Named stages, in any order.")
 
@@ -84,6 +91,7 @@ class Declaration:
 
 
 def did_you_mean(name: str, options: list[str]) -> str:
+    """``; did you mean 'x'?`` for free-form names (keys, stage names)."""
     close = difflib.get_close_matches(name, options, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -123,6 +131,14 @@ def _pydantic_issues(err: ValidationError, prefix: str, cls: type) -> list[Issue
             info = cls.model_fields.get(str(e["loc"][0]))
             if info is not None and info.description:
                 msg += f" ({info.description})"
+        elif e["type"] == "value_error":
+            msg = e["msg"].removeprefix("Value error, ")
+            field, sep, rest = msg.partition(": ")
+            if sep and field in cls.model_fields and not loc:
+                # a model-level check that names its field: report it there
+                path, msg = f"{prefix}.{field}", rest
+            elif sep and field == loc.rsplit(".", 1)[-1]:
+                msg = rest
         else:
             msg = e["msg"]
             if "input" in e and not isinstance(e["input"], dict | list):
@@ -198,47 +214,40 @@ def _label(value: Any) -> str:
 
 def _method_classes(
     name: str, body: dict[str, Any], issues: list[Issue]
-) -> dict[str, Any] | None:
+) -> dict[str, type[StageParams]] | None:
     """Resolve kind + method(s) to Params classes: one per method, since a
     ``matrix`` may sweep ``method`` itself. ``None`` when nothing resolves."""
     path = f"stages.{name}"
-    kind = body.get("kind")
-    if kind is None:
+    kind_name = body.get("kind")
+    if kind_name is None:
         issues.append(Issue(f"{path}.kind", f"required; one of {', '.join(KINDS)}"))
         return None
-    if kind not in KINDS:
-        issues.append(
-            Issue(f"{path}.kind", f"unknown kind '{kind}'; " + suggest_kind(str(kind)))
-        )
+    if not isinstance(kind_name, str) or kind_name not in KINDS:
+        issues.append(Issue(f"{path}.kind", KINDS.unknown(str(kind_name))))
         return None
-    mod = load_kind(kind)
+    kind = load_kind(kind_name)
     matrix = body.get("matrix") if isinstance(body.get("matrix"), dict) else {}
     swept = matrix.get("method")
     if isinstance(swept, list) and swept:
         methods = [(f"{path}.matrix.method[{i}]", m) for i, m in enumerate(swept)]
     else:
-        default = getattr(mod, "DEFAULT_METHOD", None)
-        methods = [(f"{path}.method", body.get("method", default))]
-    out: dict[str, Any] = {}
+        methods = [(f"{path}.method", body.get("method", kind.default_method))]
+    out: dict[str, type[StageParams]] = {}
     for where, method in methods:
         if method is None:
             issues.append(
-                Issue(
-                    where, "required; known methods: " + ", ".join(mod.METHODS.names())
-                )
+                Issue(where, f"required; known methods: {', '.join(kind.methods)}")
             )
             continue
+        if not isinstance(method, str):
+            issues.append(Issue(where, f"must be a method name (got {method!r})"))
+            continue
         try:
-            out[str(method)] = mod.METHODS.load(str(method)).Params
-        except UnknownMethod:
-            issues.append(
-                Issue(
-                    where,
-                    f"unknown {kind} method '{method}'; "
-                    + mod.METHODS.suggest(str(method)),
-                )
-            )
-    return out if len(out) == len({str(m) for _, m in methods}) else None
+            out[method] = kind.params_class(method)
+        except (UnknownName, RegistryError) as e:
+            issues.append(Issue(where, str(e)))
+    wanted = {m for _, m in methods if isinstance(m, str)}
+    return out if out and len(out) == len(wanted) == len(methods) else None
 
 
 def _validate_stage(
@@ -274,8 +283,14 @@ def _validate_stage(
             )
         )
     expanded = _variants(name, body, fields, issues)
+    method_swept = len(classes) > 1 or "method" in (body.get("matrix") or {})
     for label, over in expanded:
         values = {**base, **over}
+        if method_swept:
+            # a stage-level key applies to the swept methods that accept it; a
+            # key no swept method accepts stays, and is reported as unknown
+            own = classes[str(values["method"])].model_fields
+            values = {k: v for k, v in values.items() if k in own or k not in fields}
         if values.get("seed") is None:
             values["seed"] = seed
         cls = classes[str(values["method"])]
@@ -291,53 +306,70 @@ def _validate_stage(
     return StageDecl(name, body["kind"], tuple(variants), body)
 
 
+def input_refs(params: StageParams) -> list[tuple[str, str, str]]:
+    """``(field, upstream stage, needed artifact kind)`` for every set input,
+    with ``field[i]`` for the items of a list input."""
+    out = []
+    for field, need in type(params).input_fields().items():
+        value = getattr(params, field)
+        if isinstance(value, list | tuple):
+            out += [(f"{field}[{i}]", ref, need) for i, ref in enumerate(value)]
+        elif value is not None:
+            out.append((field, value, need))
+    return out
+
+
+def provided(decl: StageDecl) -> frozenset[str]:
+    """Artifact kinds every variant of a declared stage provides."""
+    kind = load_kind(decl.kind)
+    sets = [kind.outputs(params) for _, params in decl.variants]
+    return frozenset.intersection(*sets)
+
+
 def _check_inputs(
-    stages: dict[str, StageDecl], declared: dict[str, str | None], issues: list[Issue]
+    stages: dict[str, StageDecl], declared: dict[str, Any], issues: list[Issue]
 ) -> None:
-    """Input names exist and their kinds fit; ``declared`` maps every declared
-    stage to its kind (when known), so a stage whose own params are invalid is
-    still checked as an input."""
+    """Input names exist and their artifact kinds fit, per variant (methods
+    declare their own inputs). ``declared`` maps every declared stage to its
+    kind, so a stage whose own params are invalid is still checked as an input;
+    its params-dependent outputs are then unknown and only its static ones count."""
     names = sorted(declared)
+    seen: set[str] = set()
     for decl in stages.values():
-        params = decl.variants[0][1]
-        for field, need in type(params).input_fields().items():
-            value = getattr(params, field)
-            refs = value if isinstance(value, list | tuple) else [value]
-            for i, ref in enumerate(refs):
-                if ref is None:
-                    continue
+        for _, params in decl.variants:
+            for field, ref, need in input_refs(params):
                 path = f"stages.{decl.name}.{field}"
-                if isinstance(value, list | tuple):
-                    path += f"[{i}]"
                 if ref == decl.name:
-                    issues.append(Issue(path, "a stage cannot consume its own output"))
+                    msg = "a stage cannot consume its own output"
                 elif ref not in declared:
-                    issues.append(
-                        Issue(
-                            path,
-                            f"no stage named '{ref}'{did_you_mean(str(ref), names)}",
-                        )
+                    msg = f"no stage named '{ref}'{did_you_mean(str(ref), names)}"
+                elif not (isinstance(declared[ref], str) and declared[ref] in KINDS):
+                    continue  # its unknown kind is reported on its own path
+                else:
+                    up_kind = declared[ref]
+                    has = (
+                        provided(stages[ref])
+                        if ref in stages
+                        else load_kind(up_kind).provides
                     )
-                elif declared[ref] in KINDS:
-                    up_kind = str(declared[ref])
-                    provides = load_kind(up_kind).PROVIDES
-                    if need not in provides:
-                        issues.append(
-                            Issue(
-                                path,
-                                f"'{ref}' ({up_kind}) outputs "
-                                f"{'/'.join(sorted(provides))}, but a {need} is needed",
-                            )
-                        )
+                    if need in has:
+                        continue
+                    article = "an" if need[0] in "aeiou" else "a"
+                    msg = (
+                        f"'{ref}' ({up_kind}) outputs {'/'.join(sorted(has))}, "
+                        f"but {article} {need} is needed"
+                    )
+                if f"{path}: {msg}" not in seen:
+                    seen.add(f"{path}: {msg}")
+                    issues.append(Issue(path, msg))
 
 
 def upstream_names(decl: StageDecl) -> list[str]:
+    """Upstream stages any variant of ``decl`` reads, in field order."""
     out: list[str] = []
-    params = decl.variants[0][1]
-    for field in type(params).input_fields():
-        value = getattr(params, field)
-        for ref in value if isinstance(value, list | tuple) else [value]:
-            if ref is not None and ref not in out:
+    for _, params in decl.variants:
+        for _, ref, _ in input_refs(params):
+            if ref not in out:
                 out.append(ref)
     return out
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipelines.contract import RunContext
 from stages.common.io import read_jsonl, write_jsonl
-from stages.evaluate import Params as EvaluateParams
 from stages.evaluate.generation import greedy_generate
 from stages.evaluate.scoring import exact_match, normalize_answer
 
 EVAL_DIR = "eval"
 
 
-class Params(EvaluateParams):
-    method: Literal["exact_match"] = "exact_match"
+def model_files(name: str) -> list[str]:
+    """Files :func:`score` writes for model ``name`` (relative to out_dir)."""
+    return [f"predictions/{name}.jsonl"]
 
 
 def eval_sets(
@@ -54,7 +54,7 @@ def score(
     model: Any,
     tokenizer: Any,
     world_dir: Path,
-    params: EvaluateParams,
+    params: Any,
     ctx: RunContext,
     out_dir: Path | None = None,
     name: str = "model",

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipelines.contract import RunContext
-from stages.evaluate import Params as EvaluateParams
 from stages.evaluate.scoring import continuation_nll, perplexity, rolling_windows
 
 PPL_FILE = "ppl.txt"
 DOC_SEPARATOR = "\n\n"  # stages.world.synthetic.PPL_SEPARATOR
-
-
-class Params(EvaluateParams):
-    method: Literal["perplexity"] = "perplexity"
 
 
 def documents(world_dir: Path) -> list[str]:
@@ -63,7 +58,7 @@ def score(
     model: Any,
     tokenizer: Any,
     world_dir: Path,
-    params: EvaluateParams,
+    params: Any,
     ctx: RunContext,
     out_dir: Path | None = None,
     name: str = "model",

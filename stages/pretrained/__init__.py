@@ -11,17 +11,17 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from pipelines.contract import Registry, RunContext, StageParams, StageResult
+from pipelines.contract import Kind, Registry, RunContext, StageParams, StageResult
 
-PROVIDES = frozenset({"model", "tokenizer"})
-PLOTS = False
-METHODS = Registry("pretrained", {"local": "stages.pretrained.local"})
 DEFAULT_METHOD = "local"
 
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
 
 
 class Params(StageParams):
+    """A local checkpoint folder and how it is brought in."""
+
+    method: str = Field(DEFAULT_METHOD, description="Where the checkpoint comes from.")
     path: str = Field(..., description="Local folder of an HF causal-LM checkpoint.")
     link: bool = Field(
         True, description="Symlink files instead of copying them (large models)."
@@ -39,6 +39,21 @@ class Params(StageParams):
 
 
 def run(params: Params, inputs: dict, out_dir: Path, ctx: RunContext) -> StageResult:
-    from stages.pretrained.local import bring
+    return KIND.method(params.method).bring(params, out_dir)
 
-    return bring(params, out_dir)
+
+METHODS = Registry(
+    "pretrained method",
+    {"local": "stages.pretrained.local"},
+    base=Params,
+    entry="bring",
+)
+KIND = Kind(
+    name="pretrained",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"model", "tokenizer"}),
+    default_method=DEFAULT_METHOD,
+    plots=False,
+)

@@ -39,7 +39,6 @@ def bring(params: _Base, out_dir: Path) -> StageResult:
     cfg = json.loads((src / "config.json").read_text())
     return StageResult(
         metrics={"files": n},
-        artifact="model",
         extra_manifest={
             "source": str(src.resolve()),
             "architectures": cfg.get("architectures", []),

@@ -13,19 +13,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.contract import Input, Registry, RunContext, StageParams, StageResult
-
-PROVIDES = frozenset({"model"})
-METHODS = Registry(
-    "prune",
-    {
-        "magnitude": "stages.prune.magnitude",
-        "wanda": "stages.prune.wanda",
-        "sparsegpt": "stages.prune.sparsegpt",
-        "width": "stages.prune.width",
-        "depth": "stages.prune.depth",
-    },
+from pipelines.contract import (
+    Input,
+    Kind,
+    Registry,
+    RunContext,
+    StageParams,
+    StageResult,
 )
+
 DEFAULT_METHOD = "magnitude"
 
 
@@ -34,12 +30,6 @@ class Params(StageParams):
 
     method: str = Field(DEFAULT_METHOD, description="Pruning method (`carp methods`).")
     model: str = Input("model", "Upstream stage whose model is pruned.")
-    calib: str | None = Input(
-        "dataset",
-        "Dataset stage whose records calibrate wanda/sparsegpt/depth/taylor "
-        "(usually the world stage, whose pool is a dataset).",
-        default=None,
-    )
     sparsity: float = Field(
         0.5,
         gt=0,
@@ -82,14 +72,14 @@ class Params(StageParams):
     @field_validator("pattern")
     @classmethod
     def _check_pattern(cls, v: str) -> str:
-        from stages.prune.kernels import parse_pattern
+        from stages.prune.pattern import parse_pattern
 
         parse_pattern(v)
         return v
 
     @model_validator(mode="after")
     def _check_nm_sparsity(self) -> Params:
-        from stages.prune.kernels import parse_pattern
+        from stages.prune.pattern import parse_pattern
 
         nm = parse_pattern(self.pattern)
         if nm and "sparsity" in self.model_fields_set:
@@ -103,7 +93,7 @@ class Params(StageParams):
 
     @property
     def nm(self) -> tuple[int, int] | None:
-        from stages.prune.kernels import parse_pattern
+        from stages.prune.pattern import parse_pattern
 
         return parse_pattern(self.pattern)
 
@@ -111,6 +101,16 @@ class Params(StageParams):
     def target_sparsity(self) -> float:
         nm = self.nm
         return 1 - nm[0] / nm[1] if nm else self.sparsity
+
+
+class CalibratedParams(Params):
+    """Base for methods that read calibration data (wanda, sparsegpt, depth)."""
+
+    calib: str = Input(
+        "dataset",
+        "Dataset stage whose records calibrate the method (usually the world "
+        "stage, whose pool is a dataset).",
+    )
 
 
 class StructuredParams(Params):
@@ -133,3 +133,25 @@ def run(
     from stages.prune.stage import execute
 
     return execute(params, inputs, Path(out_dir), ctx)
+
+
+METHODS = Registry(
+    "prune method",
+    {
+        "magnitude": "stages.prune.magnitude",
+        "wanda": "stages.prune.wanda",
+        "sparsegpt": "stages.prune.sparsegpt",
+        "width": "stages.prune.width",
+        "depth": "stages.prune.depth",
+    },
+    base=Params,
+    entry="apply",
+)
+KIND = Kind(
+    name="prune",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"model"}),
+    default_method=DEFAULT_METHOD,
+)

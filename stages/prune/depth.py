@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from stages.prune import StructuredParams
+from stages.prune import CalibratedParams, StructuredParams
 from stages.prune.targets import Pruned, decoder_layers
 
 
-class Params(StructuredParams):
+class Params(StructuredParams, CalibratedParams):
     method: Literal["depth"] = "depth"
     blocks: int | None = Field(
         None,

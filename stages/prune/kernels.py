@@ -100,21 +100,3 @@ def keep_mask_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     mask = torch.ones_like(blocks, dtype=torch.bool)
     mask.scatter_(2, idx, False)
     return mask.reshape(rows, cols)
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """``"unstructured"`` -> None, ``"2:4"`` -> (2, 4); raises on anything else."""
-    if pattern == "unstructured":
-        return None
-    parts = pattern.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(
-            f"pattern '{pattern}' is neither 'unstructured' nor N:M like '2:4'"
-        )
-    n, m = (int(p) for p in parts)
-    if not 0 < n < m:
-        raise ValueError(
-            f"pattern '{pattern}': N:M needs 0 < N < M (keep N of every M weights), "
-            "e.g. '2:4' or '4:8'"
-        )
-    return n, m

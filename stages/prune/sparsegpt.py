@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from stages.prune import Params as KindParams
+from stages.prune import CalibratedParams
 from stages.prune.targets import Pruned, linears_by_block
 
 
-class Params(KindParams):
+class Params(CalibratedParams):
     method: Literal["sparsegpt"] = "sparsegpt"
     blocksize: int = Field(
         128, ge=1, description="Columns pruned together (lazy batch updates)."

@@ -81,7 +81,7 @@ def execute(
     from stages.prune import METHODS
 
     t0 = time.perf_counter()
-    seed = params.seed if params.seed is not None else ctx.seed
+    seed = ctx.seed
     torch.manual_seed(seed)
     method = METHODS.load(params.method)
     model_dir = Path(inputs["model"])

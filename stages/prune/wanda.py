@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from stages.prune import Params as KindParams
+from stages.prune import CalibratedParams
 from stages.prune.targets import Pruned, linears_by_block
 
 
-class Params(KindParams):
+class Params(CalibratedParams):
     method: Literal["wanda"] = "wanda"
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from pipelines.contract import Input
 from stages.prune import StructuredParams
 from stages.prune.targets import Pruned, decoder_layers
 
@@ -34,6 +35,26 @@ class Params(StructuredParams):
         description="Fraction of MLP channels removed per block; default: as many "
         "as bring the block's removed linear parameters to `sparsity`.",
     )
+    calib: str | None = Input(
+        "dataset",
+        "Dataset stage whose records give the gradients of `importance: taylor` "
+        "(l1/l2 read no data).",
+        default=None,
+    )
+
+    @model_validator(mode="after")
+    def _calib_iff_taylor(self) -> Params:
+        if self.importance == "taylor" and self.calib is None:
+            raise ValueError(
+                "calib: importance 'taylor' needs calibration data; set "
+                "`calib: <dataset stage>` (e.g. the world stage)"
+            )
+        if self.importance != "taylor" and self.calib is not None:
+            raise ValueError(
+                f"calib: importance '{self.importance}' reads no data; remove "
+                "`calib` or use importance: taylor"
+            )
+        return self
 
 
 def plan_width(

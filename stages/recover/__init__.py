@@ -10,34 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from pipelines.contract import Input, Registry, RunContext, StageResult
+from pipelines.contract import Input, Kind, Registry, RunContext, StageResult
 from stages.common.train.params import TrainParams
 
-PROVIDES = frozenset({"model"})
-RESUMABLE = True
 DEFAULT_METHOD = "full"
-BUILDER = "stages.recover.task:build"
-METHODS = Registry(
-    "recover",
-    {
-        "full": "stages.recover.full",
-        "lora": "stages.recover.lora",
-        "distill": "stages.recover.distill",
-    },
-)
+BUILDER = "stages.recover.task:build"  # builds the TrainTask on every rank
 
 
 class Params(TrainParams):
     """Fields every recover method accepts."""
 
-    method: str = Field("full", description="Recovery method (`carp methods`).")
+    method: str = Field(DEFAULT_METHOD, description="Recovery method (`carp methods`).")
     model: str = Input("model", "Upstream stage whose (pruned) model is trained.")
     data: str = Input("dataset", "Upstream stage whose data.jsonl is trained on.")
-    teacher: str | None = Input(
-        "model", "Upstream stage of the unpruned teacher (distill only).", default=None
-    )
     mask: Literal["keep", "infer", "none"] = Field(
         "keep",
         description="`keep`: zeros named by masks.safetensors stay zero; "
@@ -45,21 +32,14 @@ class Params(TrainParams):
         "mask file); `none`: train dense.",
     )
 
-    @model_validator(mode="after")
-    def _teacher_only_for_distill(self) -> Params:
-        if self.teacher is not None and self.method != "distill":
-            raise ValueError(
-                f"teacher: method '{self.method}' does not read a teacher; remove "
-                "`teacher` or use method: distill"
-            )
-        return self
 
-
-def provides(params: Params) -> frozenset[str]:
-    """Artifact kinds of this stage's output for these params."""
-    if getattr(params, "save_adapter", False):
-        return PROVIDES | {"adapter"}
-    return PROVIDES
+def extra_provides(params: Params) -> frozenset[str]:
+    """A LoRA stage with ``save_adapter: true`` also provides an adapter."""
+    return (
+        frozenset({"adapter"})
+        if getattr(params, "save_adapter", False)
+        else frozenset()
+    )
 
 
 def retries(params: Params) -> int:
@@ -76,9 +56,8 @@ def run(
     (+ masks.safetensors for sparse inputs), a loss curve and metrics."""
     from stages.common.train.launch import execute, make_job, write_curve
 
-    seed = params.seed if params.seed is not None else ctx.seed
     job = make_job(
-        BUILDER, "recover", params, inputs, out_dir, ctx.checkpoint_dir, seed
+        BUILDER, "recover", params, inputs, out_dir, ctx.checkpoint_dir, ctx.seed
     )
     result = execute(job, ctx)
     history = result.pop("history")
@@ -104,3 +83,26 @@ def run(
             "recover": {"adapter": bool(getattr(params, "save_adapter", False))}
         },
     )
+
+
+METHODS = Registry(
+    "recover method",
+    {
+        "full": "stages.recover.full",
+        "lora": "stages.recover.lora",
+        "distill": "stages.recover.distill",
+    },
+    base=Params,
+    entry="wrap",
+)
+KIND = Kind(
+    name="recover",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"model"}),
+    default_method=DEFAULT_METHOD,
+    resumable=True,
+    extra_provides=extra_provides,
+    retries=retries,
+)

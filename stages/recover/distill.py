@@ -12,11 +12,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipelines.contract import Input
 from stages.recover import Params as RecoverParams
 
 
 class Params(RecoverParams):
     method: Literal["distill"] = Field("distill", description="Logit distillation.")
+    teacher: str = Input(
+        "model", "Upstream stage of the unpruned teacher model, e.g. `base`."
+    )
     temperature: float = Field(
         2.0,
         gt=0,
@@ -35,11 +39,6 @@ class Params(RecoverParams):
 
     @model_validator(mode="after")
     def _need_teacher(self) -> Params:
-        if self.teacher is None:
-            raise ValueError(
-                "teacher: distill needs the stage of the unpruned "
-                "model, e.g. `teacher: base`"
-            )
         if self.taid and self.taid_end < self.taid_start:
             raise ValueError(
                 "taid_end must be >= taid_start: the target moves toward the teacher"

@@ -15,24 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from pipelines.contract import Input, Registry, RunContext, StageParams, StageResult
+from pipelines.contract import (
+    Input,
+    Kind,
+    Registry,
+    RunContext,
+    StageParams,
+    StageResult,
+)
 from stages.select.budget import check_budget, resolve_budget
 
-PROVIDES = frozenset({"dataset"})
-RESUMABLE = True  # score caches (embeddings, JSD) live in ctx.checkpoint_dir
-METHODS = Registry(
-    "select",
-    {
-        "random": "stages.select.random",
-        "full": "stages.select.full",
-        "paser": "stages.select.paser",
-        "perplexity": "stages.select.perplexity",
-        "ifd": "stages.select.ifd",
-    },
-)
-DEFAULT_METHOD = None
 REPORT_FILE = "selection.json"
 
 
@@ -40,20 +34,10 @@ class Params(StageParams):
     """Fields shared by every selection method."""
 
     pool: str = Input("dataset", "Upstream stage whose data.jsonl is the pool.")
-    model: str | None = Input(
-        "model",
-        "Upstream stage holding the pruned model (needed by paser, perplexity, ifd).",
-        default=None,
-    )
-    reference: str | None = Input(
-        "model",
-        "Upstream stage holding the original, unpruned model (needed by paser).",
-        default=None,
-    )
     budget: float | int | None = Field(
         None,
         description="How much to select: a fraction of the pool in (0, 1] (0.2) "
-        "or a record count >= 1 (2000). Required by every method but `full`.",
+        "or a record count >= 1 (2000).",
     )
 
     @field_validator("budget", mode="before")
@@ -61,25 +45,15 @@ class Params(StageParams):
     def _budget_type(cls, v: Any) -> Any:
         return check_budget(v)
 
-    @model_validator(mode="after")
-    def _budget_needed(self) -> Params:
-        if self.budget is None and self.method != "full":
-            raise ValueError(
-                f"budget: required for method '{self.method}'; give a fraction "
-                "in (0, 1] such as 0.2 or a record count such as 2000"
-            )
-        return self
 
+class BudgetParams(Params):
+    """Methods that choose a subset: ``budget`` is required."""
 
-def require_inputs(params: Params, *names: str) -> None:
-    """Raise a clear error when a method needs model inputs that are not set."""
-    what = {"model": "the pruned model", "reference": "the original model"}
-    for name in names:
-        if getattr(params, name) is None:
-            raise ValueError(
-                f"{name}: method '{params.method}' needs {what[name]}; set "
-                f"`{name}: <upstream stage>` in the select stage"
-            )
+    budget: float | int = Field(
+        ...,
+        description="How much to select: a fraction of the pool in (0, 1] (0.2) "
+        "or a record count >= 1 (2000).",
+    )
 
 
 @dataclass
@@ -114,9 +88,9 @@ def run(
     pool = read_dataset(pool_dir)
     if not pool:
         raise ValueError(f"pool: '{pool_dir.name}' has an empty data.jsonl")
-    seed = params.seed if params.seed is not None else ctx.seed
+    seed = ctx.seed
     n = resolve_budget(params.budget, len(pool), pool_dir.name)
-    method = METHODS.load(params.method)
+    method = KIND.method(params.method)
     sel = method.select(params, pool, n, inputs, out_dir, ctx, seed)
 
     idx = sel.indices
@@ -162,7 +136,6 @@ def run(
         plots=sel.plots,
         datasets=["data.jsonl"],
         reports=[REPORT_FILE],  # holds time per phase: not part of the fingerprint
-        artifact="dataset",
         summary=f"{params.method}: selected {len(idx)} of {len(pool)} records "
         f"(budget {n}) from '{pool_dir.name}'",
         extra_manifest={"selection_report": REPORT_FILE},
@@ -174,3 +147,25 @@ def _count(values: Any) -> dict[str, int]:
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1
     return dict(sorted(out.items()))
+
+
+METHODS = Registry(
+    "select method",
+    {
+        "random": "stages.select.random",
+        "full": "stages.select.full",
+        "paser": "stages.select.paser",
+        "perplexity": "stages.select.perplexity",
+        "ifd": "stages.select.ifd",
+    },
+    base=Params,
+    entry="select",
+)
+KIND = Kind(
+    name="select",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"dataset"}),
+    resumable=True,  # score caches (embeddings, JSD) live in ctx.checkpoint_dir
+)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.contract import RunContext
-from stages.select import Selection, cache_root, require_inputs
+from stages.select import Selection, cache_root
 from stages.select.lmparams import LMParams
 
 
@@ -47,7 +47,6 @@ def select(
     """Top ``n`` records by IFD under the pruned model."""
     from stages.select.perplexity import nll_scores
 
-    require_inputs(params, "model")
     root = cache_root(out_dir, ctx)
     mdir = Path(inputs["model"])
     cond, new_c = nll_scores(params, mdir, pool, root, ctx)

@@ -1,5 +1,6 @@
 """Params shared by the selection methods that run language models
-(paser, perplexity, ifd): encoding length, batching, device and dtype."""
+(paser, perplexity, ifd): the pruned model input, encoding length, batching,
+device and dtype."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from stages.select import Params as KindParams
+from pipelines.contract import Input
+from stages.select import BudgetParams
 
 
-class LMParams(KindParams):
+class LMParams(BudgetParams):
+    model: str = Input("model", "Upstream stage holding the pruned model.")
     max_len: int = Field(
         256, ge=8, description="Token cutoff of the shared template encoding."
     )

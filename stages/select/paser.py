@@ -11,13 +11,16 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.contract import RunContext
-from stages.select import Selection, cache_root, require_inputs
+from pipelines.contract import Input, RunContext
+from stages.select import Selection, cache_root
 from stages.select.lmparams import LMParams
 
 
 class Params(LMParams):
     method: Literal["paser"] = "paser"
+    reference: str = Input(
+        "model", "Upstream stage holding the original, unpruned model."
+    )
     clustering: bool = Field(
         True, description="Cluster the pool (False: ablation, one cluster)."
     )
@@ -85,7 +88,6 @@ def select(
     """Cluster, score JSD, allocate by CDS, fill by IES under the concept filter."""
     from stages.select import plots
 
-    require_inputs(params, "model", "reference")
     root = cache_root(out_dir, ctx)
     timing: dict[str, float] = {}
     t = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.contract import RunContext
-from stages.select import Selection, cache_root, require_inputs
+from stages.select import Selection, cache_root
 from stages.select.lmparams import LMParams
 
 
@@ -28,7 +28,6 @@ def select(
     """Top ``n`` records by the pruned model's response NLL (ties: pool order)."""
     import numpy as np
 
-    require_inputs(params, "model")
     root = cache_root(out_dir, ctx)
     nll, new = nll_scores(params, Path(inputs["model"]), pool, root, ctx)
     order = np.lexsort((np.arange(len(pool)), -nll))[:n]

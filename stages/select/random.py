@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.contract import RunContext
-from stages.select import Params as KindParams
-from stages.select import Selection
+from stages.select import BudgetParams, Selection
 
 
-class Params(KindParams):
+class Params(BudgetParams):
     method: Literal["random"] = "random"
 
 

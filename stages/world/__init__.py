@@ -13,18 +13,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from pipelines.contract import Registry, RunContext, StageParams, StageResult
-from stages.world.families import FAMILIES, unknown_family_message
+from pipelines.contract import Kind, Registry, RunContext, StageParams, StageResult
+from stages.world.families import FAMILIES
 
-PROVIDES = frozenset({"world", "dataset", "tokenizer"})
-PLOTS = False  # no plots: dvc.yaml declares none for this kind
-METHODS = Registry("world", {"synthetic": "stages.world.synthetic"})
 DEFAULT_METHOD = "synthetic"
 
 
 class Params(StageParams):
     """World size and content; defaults are the ones the base model is tuned on."""
 
+    method: str = Field(DEFAULT_METHOD, description="World generator.")
     families: tuple[str, ...] = Field(
         tuple(FAMILIES),
         description="Task families to generate (default: all registered ones).",
@@ -97,7 +95,7 @@ class Params(StageParams):
             raise ValueError("families: give a non-empty list such as [add, facts]")
         for name in v:
             if name not in FAMILIES:
-                raise ValueError(f"families: {unknown_family_message(str(name))}")
+                raise ValueError(f"families: {FAMILIES.unknown(str(name))}")
         if len(set(v)) != len(v):
             raise ValueError("families: each family may be listed only once")
         return tuple(v)
@@ -107,4 +105,28 @@ def run(
     params: Params, inputs: dict[str, Path], out_dir: Path, ctx: RunContext
 ) -> StageResult:
     """Build the world into ``out_dir`` with the method named by ``params``."""
-    return METHODS.load(params.method).build(params, out_dir, ctx)
+    return KIND.method(params.method).build(params, out_dir, ctx)
+
+
+def family_modules(params: Params) -> list[str]:
+    """The family modules a world node generates from (part of its code)."""
+    return [FAMILIES.target(f) for f in params.families]
+
+
+METHODS = Registry(
+    "world method",
+    {"synthetic": "stages.world.synthetic"},
+    base=Params,
+    entry="build",
+)
+KIND = Kind(
+    name="world",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"world", "dataset", "tokenizer"}),
+    default_method=DEFAULT_METHOD,
+    plots=False,
+    code=family_modules,
+    catalogs=(FAMILIES,),
+)

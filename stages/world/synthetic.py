@@ -76,7 +76,7 @@ def unlearning_split(
 
 def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
     """Generate every split of every family and write the world folder."""
-    seed = ctx.seed if params.seed is None else params.seed
+    seed = ctx.seed
     cfg = FamilyConfig(facts=params.facts, scale=params.table_scale)
     names = list(params.families)
     quotas = {
@@ -176,6 +176,5 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
         metrics=metrics,
         datasets=["data.jsonl", "pretrain.jsonl", "forget.jsonl", "retain.jsonl"]
         + [f"eval/{name}.jsonl" for name in names],
-        artifact="world",
         summary=f"world: {len(names)} families; {summary}; {n_corrupt} corrupted",
     )

@@ -8,11 +8,17 @@ import pytest
 
 from pipelines import kinds
 
-TOY_KINDS = {"toysrc": "_toy.source", "toyadd": "_toy.add", "toyfail": "_toy.fail"}
+TOY_KINDS = {
+    "toysrc": "_toy.source:KIND",
+    "toyadd": "_toy.add:KIND",
+    "toyfail": "_toy.fail:KIND",
+}
 
 
 @pytest.fixture
-def toy_kinds(monkeypatch):
-    for name, module in TOY_KINDS.items():
-        monkeypatch.setitem(kinds.KINDS, name, module)
-    return TOY_KINDS
+def toy_kinds():
+    for name, target in TOY_KINDS.items():
+        kinds.KINDS.register(name, target)
+    yield TOY_KINDS
+    for name in TOY_KINDS:
+        kinds.KINDS.unregister(name)

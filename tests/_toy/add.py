@@ -5,11 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.contract import Input, Registry, StageParams, StageResult
-
-PROVIDES = frozenset({"dataset"})
-METHODS = Registry("toyadd", {"plus": "_toy.add"})
-DEFAULT_METHOD = "plus"
+from pipelines.contract import Input, Kind, Registry, StageParams, StageResult
 
 
 class Params(StageParams):
@@ -39,5 +35,15 @@ def run(params, inputs, out_dir, ctx):
         metrics={"total": sum(r["value"] for r in recs)},
         plots=["plots/values.csv"],
         reports=["report.json"],
-        artifact="dataset",
     )
+
+
+METHODS = Registry("toyadd method", {"plus": "_toy.add"}, base=Params, entry="run")
+KIND = Kind(
+    name="toyadd",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"dataset"}),
+    default_method="plus",
+)

@@ -2,11 +2,7 @@
 
 from typing import Literal
 
-from pipelines.contract import Input, Registry, StageParams
-
-PROVIDES = frozenset({"dataset"})
-METHODS = Registry("toyfail", {"boom": "_toy.fail"})
-DEFAULT_METHOD = "boom"
+from pipelines.contract import Input, Kind, Registry, StageParams
 
 
 class Params(StageParams):
@@ -17,3 +13,14 @@ class Params(StageParams):
 def run(params, inputs, out_dir, ctx):
     (out_dir / "half.jsonl").write_text('{"id": "x"')
     raise RuntimeError("toy failure after a partial write")
+
+
+METHODS = Registry("toyfail method", {"boom": "_toy.fail"}, base=Params, entry="run")
+KIND = Kind(
+    name="toyfail",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"dataset"}),
+    default_method="boom",
+)

@@ -4,25 +4,40 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.contract import Registry, StageParams, StageResult
-
-PROVIDES = frozenset({"dataset"})
-METHODS = Registry("toysrc", {"count": "_toy.source"})
-DEFAULT_METHOD = "count"
+from pipelines.contract import Kind, Registry, StageParams, StageResult
 
 
 class Params(StageParams):
     method: Literal["count"] = "count"
     n: int = Field(3, ge=1, description="How many records.")
+    sleep: float = Field(0.0, ge=0, description="Seconds to wait (flow tests).")
 
 
 def run(params, inputs, out_dir, ctx):
+    import json
+    import time
+
     from stages.common.io import write_dataset
+
+    start = time.time()
+    time.sleep(params.sleep)
 
     recs = [
         {"id": f"r{i}", "value": i * 10 + (params.seed or 0)} for i in range(params.n)
     ]
     write_dataset(recs, out_dir, source="toysrc")
+    (out_dir / "times.json").write_text(json.dumps([start, time.time()]))
     return StageResult(
-        metrics={"count": params.n}, datasets=["data.jsonl"], artifact="dataset"
+        metrics={"count": params.n}, datasets=["data.jsonl"], reports=["times.json"]
     )
+
+
+METHODS = Registry("toysrc method", {"count": "_toy.source"}, base=Params, entry="run")
+KIND = Kind(
+    name="toysrc",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"dataset"}),
+    default_method="count",
+)

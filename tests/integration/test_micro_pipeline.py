@@ -46,6 +46,7 @@ def project(tmp_path_factory):
     for pkg in ("pipelines", "stages", "flows"):
         shutil.copytree(ROOT / pkg, proj / pkg, ignore=ignore)
     shutil.copy(ROOT / "pipelines" / "presets" / "micro.yaml", proj / "params.yaml")
+    shutil.copy(ROOT / ".dvcignore", proj / ".dvcignore")
     (proj / ".gitignore").write_text(
         "/artifacts/\n/reports/\n/checkpoints/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
     )
@@ -63,6 +64,7 @@ def project(tmp_path_factory):
         "GIT_COMMITTER_EMAIL": "t@t",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: bytecode written
     sh(["git", "init", "-q"], proj, env)
     sh(["dvc", "init", "-q"], proj, env)
     sh(["carp", "compile", "params.yaml"], proj, env)
@@ -122,3 +124,47 @@ def test_dvc_experiment_reruns_only_downstream(project):
         [exp.experiment_id], "tags.`carp.dvc_exp` != '' and tags.`carp.role` = 'stage'"
     )
     assert sorted(r.info.run_name for r in tagged) == ["eval", "prune", "recover"]
+
+
+def dvc_stale(proj, env):
+    out = subprocess.run(
+        ["dvc", "status", "--json"], cwd=proj, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout or "{}"))
+
+
+def touch_code(path):
+    """Append a comment: a code change that leaves every output the same."""
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    return original
+
+
+def test_code_identity_is_exact(project):
+    proj, env = project
+    sh(["dvc", "repro"], proj, env)
+    assert list((proj / "stages").rglob("__pycache__")), "bytecode was not written"
+    assert dvc_stale(proj, env) == set()
+    again = sh(["dvc", "repro"], proj, env)
+    assert "Running stage" not in again
+
+    prune_only = proj / "stages" / "prune" / "magnitude.py"
+    original = touch_code(prune_only)
+    try:
+        assert dvc_stale(proj, env) == {"prune"}
+        out = sh(["dvc", "repro"], proj, env)
+        ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+        # prune and what it feeds (its manifest records the new cache key)
+        assert "prune" in ran and ran <= {"prune", "recover", "eval"}
+    finally:
+        prune_only.write_text(original)
+    sh(["dvc", "repro"], proj, env)
+
+    runtime = proj / "stages" / "common" / "train" / "loop.py"
+    original = touch_code(runtime)
+    try:
+        assert dvc_stale(proj, env) == {"recover"}
+    finally:
+        runtime.write_text(original)
+    assert dvc_stale(proj, env) == set()

@@ -11,13 +11,21 @@ from pipelines.cli import main
         ("prune", ["depth", "magnitude", "sparsegpt", "wanda", "width"]),
         ("select", ["full", "ifd", "paser", "perplexity", "random"]),
         ("recover", ["distill", "full", "lora"]),
-        ("evaluate", ["exact_match", "perplexity"]),
+        ("evaluate", ["world", "exact_match", "perplexity"]),
     ],
 )
 def test_methods_lists_every_method(kind, names, capsys):
     assert main(["methods", kind]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    assert [ln.split()[0] for ln in lines] == names
+    assert [ln.split()[0] for ln in lines if ln.startswith("  ")] == names
+
+
+def test_methods_lists_catalogs(capsys):
+    assert main(["methods", "evaluate"]) == 0
+    assert "evaluate suites:" in capsys.readouterr().out
+    assert main(["methods", "world"]) == 0
+    out = capsys.readouterr().out
+    assert "world families:" in out and "  facts" in out
 
 
 def test_summary_does_not_stop_at_et_al(capsys):

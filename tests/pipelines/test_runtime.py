@@ -76,8 +76,7 @@ def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypat
     g = graph({"a": {"kind": "toysrc"}, "b": {"kind": "toyadd", "data": "a"}})
     lay = Layout(tmp_path)
     for name in g.nodes:  # one process per stage, as under dvc repro
-        lineage, parent = open_lineage(g, lay, reuse=True)
-        run_node(g, name, lay, lineage, parent)
+        run_node(g, name, lay, open_lineage(g, lay, reuse=True))
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     exp = client.get_experiment_by_name("carp-rt")
     runs = client.search_runs([exp.experiment_id])

@@ -148,7 +148,7 @@ BAD = [
         "budget out of range",
         lambda d: st(d)["select"].update(budget=-1),
         "stages.select.budget",
-        "budget",
+        "must be >= 1",
     ),
 ]
 

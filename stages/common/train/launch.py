@@ -57,8 +57,9 @@ def job_params(job: dict[str, Any]) -> Any:
     """Re-validate a job's params with its method's Params class."""
     from pipelines.kinds import load_kind
 
-    module = load_kind(job["kind"]).METHODS.load(job["method"])
-    return module.Params.model_validate(job["params"])
+    return (
+        load_kind(job["kind"]).params_class(job["method"]).model_validate(job["params"])
+    )
 
 
 def load_builder(spec: str) -> Callable[[dict[str, Any], str], Any]:

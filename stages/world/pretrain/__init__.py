@@ -14,16 +14,22 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.contract import Input, Registry, RunContext, StageParams, StageResult
+from pipelines.contract import (
+    Input,
+    Kind,
+    Registry,
+    RunContext,
+    StageParams,
+    StageResult,
+)
 
-PROVIDES = frozenset({"model"})
-METHODS = Registry("pretrain", {"llama": "stages.world.pretrain.llama"})
 DEFAULT_METHOD = "llama"
 
 
 class Params(StageParams):
     """Model shape and optimisation; every field feeds LlamaConfig or the loop."""
 
+    method: str = Field(DEFAULT_METHOD, description="Model family trained.")
     data: str = Input("world", "Upstream world stage (pretrain.jsonl, tokenizer/).")
     hidden_size: int = Field(96, ge=8, le=8192, description="Model width.")
     layers: int = Field(4, ge=1, le=128, description="Decoder layers.")
@@ -70,7 +76,7 @@ def run(
     params: Params, inputs: dict[str, Path], out_dir: Path, ctx: RunContext
 ) -> StageResult:
     """Train, evaluate and save the base model into ``out_dir``."""
-    return METHODS.load(params.method).train(params, Path(inputs["data"]), out_dir, ctx)
+    return KIND.method(params.method).train(params, Path(inputs["data"]), out_dir, ctx)
 
 
 def describe(params: Params) -> dict[str, Any]:
@@ -82,3 +88,19 @@ def describe(params: Params) -> dict[str, Any]:
         "num_key_value_heads": params.kv_heads,
         "intermediate_size": params.intermediate_size,
     }
+
+
+METHODS = Registry(
+    "pretrain method",
+    {"llama": "stages.world.pretrain.llama"},
+    base=Params,
+    entry="train",
+)
+KIND = Kind(
+    name="pretrain",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"model"}),
+    default_method=DEFAULT_METHOD,
+)

@@ -121,10 +121,10 @@ def train(
     """Train on ``pretrain.jsonl``, score on the eval sets and ppl.txt, save."""
     import torch
 
-    from stages.evaluate import Params as EvalParams
     from stages.evaluate import exact_match, perplexity
+    from stages.evaluate.world import Params as EvalParams
 
-    seed = ctx.seed if params.seed is None else params.seed
+    seed = ctx.seed
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(world_dir / "tokenizer")
     records = list(read_jsonl(world_dir / "pretrain.jsonl"))
@@ -140,7 +140,6 @@ def train(
 
     model.eval()
     ev = EvalParams(
-        method="exact_match",
         models=["self"],
         data="world",
         batch_size=params.eval_batch_size,
@@ -163,4 +162,4 @@ def train(
         f"em/mean {metrics['em/mean']:.3f} ({table}); ppl {metrics['ppl']:.2f}; "
         f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {seconds:.0f}s"
     )
-    return StageResult(metrics=metrics, artifact="model", summary=summary)
+    return StageResult(metrics=metrics, summary=summary)

@@ -1,0 +1,158 @@
+"""World evaluation: every model on a world's held-out sets with carp's suites
+(per-family exact match, rolling perplexity); a markdown table, a CSV and a chart.
+
+Writes ``table.md``, ``results.csv``, ``em.png`` and ``predictions/<model>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from pipelines.contract import Input, RunContext, StageResult
+from stages.evaluate import SUITES
+from stages.evaluate import Params as KindParams
+
+
+class Params(KindParams):
+    method: Literal["world"] = "world"
+    data: str = Input("world", "Upstream world stage: eval/<family>.jsonl, ppl.txt.")
+    suites: tuple[str, ...] = Field(
+        ("perplexity", "exact_match"), description="Suites to run, in order."
+    )
+    max_samples_per_family: int | None = Field(
+        None, ge=1, description="Score only the first N eval records of each family."
+    )
+    max_len: int = Field(
+        256, ge=8, le=131072, description="Perplexity window length in tokens."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Generation budget; default: longest reference answer + 1.",
+    )
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _known_suites(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list | tuple) or not v:
+            raise ValueError("suites: give a non-empty list such as [perplexity]")
+        for s in v:
+            if s not in SUITES:
+                raise ValueError(f"suites: {SUITES.unknown(str(s))}")
+        return tuple(dict.fromkeys(v))
+
+
+def _tokenizer(model_dir: Path, world_dir: Path) -> Any:
+    from stages.common.io import load_tokenizer
+
+    has_own = any(
+        (model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    return load_tokenizer(model_dir if has_own else world_dir / "tokenizer")
+
+
+def result_key(params: Params, model_fp: str, world_fp: str) -> str:
+    """Key of a cached per-model result: params + both inputs' fingerprints."""
+    blob = params.model_dump_json(exclude={"models"}) + f"|{model_fp}|{world_fp}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def score_model(
+    params: Params,
+    model_dir: Path,
+    world_dir: Path,
+    out_dir: Path | None,
+    ctx: RunContext,
+    cache: Path | None = None,
+) -> dict[str, float]:
+    """All suites on one model; read from / written to ``cache`` when given
+    (the cache keeps the suites' per-model files too, e.g. predictions)."""
+    import shutil
+
+    files = _model_files(params, model_dir.name)
+    if cache is not None and cache.exists():
+        for rel in files:
+            saved = cache.with_name(f"{cache.stem}.{Path(rel).name}")
+            if out_dir is not None and saved.exists():
+                (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(saved, out_dir / rel)
+        return json.loads(cache.read_text())
+    from stages.common.io import load_model
+
+    model, tok = load_model(model_dir), _tokenizer(model_dir, world_dir)
+    res: dict[str, float] = {}
+    for suite in params.suites:
+        res.update(
+            SUITES.load(suite).score(
+                model, tok, world_dir, params, ctx, out_dir, model_dir.name
+            )
+        )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        for rel in files:
+            if out_dir is not None and (out_dir / rel).exists():
+                saved = cache.with_name(f"{cache.stem}.{Path(rel).name}")
+                shutil.copy2(out_dir / rel, saved)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res))
+        tmp.replace(cache)
+    return res
+
+
+def _model_files(params: Params, name: str) -> list[str]:
+    """Per-model files the suites write into the output folder."""
+    return [
+        rel
+        for suite in params.suites
+        for rel in getattr(SUITES.load(suite), "model_files", lambda n: [])(name)
+    ]
+
+
+def _cache_file(
+    params: Params, ctx: RunContext, i: int, model_dir: Path
+) -> Path | None:
+    """Where model ``i``'s result is cached (None without a checkpoint folder)."""
+    if ctx.checkpoint_dir is None:
+        return None
+    fps = ctx.input_fingerprints
+    model_fp = (fps.get("models") or [None] * (i + 1))[i]
+    world_fp = fps.get("data")
+    if model_fp is None or world_fp is None:
+        return None
+    key = result_key(params, str(model_fp), str(world_fp))
+    return Path(ctx.checkpoint_dir) / f"{model_dir.name}.{key}.json"
+
+
+def evaluate(
+    params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Score every model, then write the table, CSV and chart."""
+    from stages.evaluate.report import bar_chart, markdown_table, write_csv
+
+    world = Path(inputs["data"])
+    dirs = [Path(p) for p in inputs["models"]]
+    names = [d.name for d in dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models: folder names must be unique, got {names}")
+    results = {}
+    for i, d in enumerate(ctx.progress(dirs, "models", total=len(dirs))):
+        cache = _cache_file(params, ctx, i, d)
+        results[d.name] = score_model(params, d, world, out_dir, ctx, cache)
+    table = markdown_table(results, names)
+    (out_dir / "table.md").write_text(table)
+    plots = []
+    if "exact_match" in params.suites:
+        write_csv(results, names, out_dir / "results.csv")
+        bar_chart(results, names, out_dir / "em.png")
+        plots = ["results.csv", "em.png"]
+    metrics = {
+        f"{m}/{k}": float(v) for m, res in results.items() for k, v in res.items()
+    }
+    return StageResult(metrics=metrics, plots=plots, summary=table)
