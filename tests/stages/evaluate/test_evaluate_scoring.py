@@ -18,44 +18,19 @@ from stages.evaluate.scoring import (  # noqa: E402
     rolling_windows,
 )
 
-MICRO_WORLD = dict(
-    pool_size=90,
-    eval_per_family=4,
-    pretrain_size=450,
-    ppl_size=18,
-    facts=6,
-    vocab_size=400,
-)
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     """A micro world and a pico Llama (random init) on its tokenizer."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stages.common.io import load_tokenizer
-    from stages.world import METHODS, run
+    from tests.tiny import micro_world, tiny_llama, world_tokenizer
 
     torch.set_num_threads(1)
-    world = tmp_path_factory.mktemp("eval") / "world"
-    world.mkdir()
-    run(METHODS.load("synthetic").Params(**MICRO_WORLD), {}, world, RunContext())
-    tok = load_tokenizer(world / "tokenizer")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return world, tok, LlamaForCausalLM(cfg).eval()
+    world = micro_world(tmp_path_factory.mktemp("eval") / "world")
+    tok = world_tokenizer(world)
+    model = tiny_llama(tok, hidden=32, heads=2, kv_heads=1, max_positions=256)
+    return world, tok, model
 
 
 def test_exact_match_normalises_whitespace_and_cuts_at_newline():

@@ -14,48 +14,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pipelines.contract import RunContext  # noqa: E402
 from stages.evaluate import METHODS, Params, run  # noqa: E402
 
-MICRO_WORLD = dict(
-    pool_size=90,
-    eval_per_family=3,
-    pretrain_size=450,
-    ppl_size=9,
-    facts=6,
-    vocab_size=400,
-    families=["add", "facts", "reverse"],
-)
+FAMILIES = ["add", "facts", "reverse"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stages.common.io import load_tokenizer, save_model
-    from stages.world import METHODS as WORLD
-    from stages.world import run as build_world
+    from tests.tiny import micro_world, tiny_llama, world_tokenizer, write_checkpoint
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("stage")
-    world = root / "world"
-    world.mkdir()
-    build_world(WORLD.load("synthetic").Params(**MICRO_WORLD), {}, world, RunContext())
-    tok = load_tokenizer(world / "tokenizer")
+    world = micro_world(
+        root / "world", eval_per_family=3, ppl_size=9, families=FAMILIES
+    )
+    tok = world_tokenizer(world)
     models = []
-    for i, name in enumerate(["prune", "base"]):
-        torch.manual_seed(i)
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=64,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+    for i, name in enumerate(["prune", "base"]):  # "prune" without a tokenizer
+        model = tiny_llama(
+            tok, seed=i, hidden=32, layers=1, heads=2, kv_heads=1, max_positions=2048
         )
-        save_model(LlamaForCausalLM(cfg), tok if i else None, root / name)
-        models.append(root / name)
+        models.append(write_checkpoint(model, tok if i else None, root / name))
     return world, models
 
 
@@ -63,7 +42,7 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     world, models = folders
     params = Params(method="exact_match", models=["prune", "base"], data="world")
     res = run(params, {"data": world, "models": models}, tmp_path, RunContext())
-    fams = ["add", "facts", "reverse"]
+    fams = FAMILIES
     for m in ("prune", "base"):
         assert {f"{m}/em/{f}" for f in fams} | {f"{m}/em/mean", f"{m}/ppl"} == {
             k for k in res.metrics if k.startswith(f"{m}/")

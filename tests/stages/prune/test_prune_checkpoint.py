@@ -17,12 +17,12 @@ torch.set_num_threads(1)
     ("tied", "dtype"), [(False, torch.float32), (True, torch.bfloat16)]
 )
 def test_streamed_checkpoint_round_trips(tmp_path, tied, dtype):
-    from prune_helpers import char_tokenizer, tiny_llama
     from safetensors import safe_open
 
     from stages.common.io import load_model
+    from tests.tiny import WIDE_INIT_STD, char_tokenizer, tiny_llama
 
-    model = tiny_llama()
+    model = tiny_llama(init_std=WIDE_INIT_STD)
     if tied:
         model.config.tie_word_embeddings = True
         model.tie_weights()

@@ -133,15 +133,13 @@ def test_no_selection_is_a_clear_error(tiny_model_dir, tmp_path):
 
 
 def test_tied_lm_head_is_refused(tmp_path):
-    from prune_helpers import char_tokenizer, tiny_llama
+    from tests.tiny import WIDE_INIT_STD, char_tokenizer, tiny_llama, write_checkpoint
 
-    from stages.common.io import save_model
-
-    model = tiny_llama()
+    model = tiny_llama(init_std=WIDE_INIT_STD)
     model.config.tie_word_embeddings = True
     model.tie_weights()
     src = tmp_path / "tied"
-    save_model(model, char_tokenizer(), src)
+    write_checkpoint(model, char_tokenizer(), src)
     with pytest.raises(ValueError, match="tied"):
         _run(src, tmp_path, include=["*"], exclude=[])
 

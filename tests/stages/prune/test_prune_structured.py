@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prune_helpers import char_tokenizer, tiny_llama
 from pydantic import ValidationError
 
 from pipelines.contract import RunContext
-from stages.common.io import load_model, save_model
+from stages.common.io import load_model
 from stages.prune import run
+from tests.tiny import WIDE_INIT_STD, char_tokenizer, tiny_llama, write_checkpoint
 
 torch.set_num_threads(1)
 CAL = {"nsamples": 4, "seqlen": 32, "batch_size": 4}
@@ -45,8 +45,7 @@ def _run(method, model_dir, calib_dir, tmp_path, **kw):
 
 def _save(model, tmp_path, name="src"):
     d = tmp_path / name
-    save_model(model, char_tokenizer(), d)
-    return d
+    return write_checkpoint(model, char_tokenizer(), d)
 
 
 def _check_loaded(res, out, pruned):
@@ -63,7 +62,7 @@ def test_depth_zero_blocks_reproduces_logits(tiny_model_dir, calib_dir, tmp_path
 
 
 def test_depth_removes_identity_block(calib_dir, tmp_path):
-    model = tiny_llama(layers=3)
+    model = tiny_llama(init_std=WIDE_INIT_STD, layers=3)
     with torch.no_grad():  # block 1 adds nothing to the residual stream: BI = 0
         model.model.layers[1].self_attn.o_proj.weight.zero_()
         model.model.layers[1].mlp.down_proj.weight.zero_()
@@ -83,7 +82,9 @@ def test_depth_removes_identity_block(calib_dir, tmp_path):
 
 @pytest.mark.parametrize("importance", ["l1", "l2", "taylor"])
 def test_width_removes_dead_heads_and_channels(calib_dir, tmp_path, importance):
-    model = tiny_llama(hidden=96, heads=8, kv=4, inter=128)  # head_dim 12, 2 q/kv
+    model = tiny_llama(  # head_dim 12, 2 q/kv
+        init_std=WIDE_INIT_STD, hidden=96, heads=8, kv_heads=4, intermediate=128
+    )
     dead_ch = torch.arange(0, 128, 4)  # 32 channels = 25%
     with torch.no_grad():
         for blk in model.model.layers:

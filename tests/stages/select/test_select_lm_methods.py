@@ -26,29 +26,10 @@ FAMILIES = {
 }
 
 
-def _tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)])}
-    vocab["\n"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 60-record pool plus an original and a 60%-magnitude-pruned model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny import char_tokenizer, magnitude_masks, tiny_llama, write_checkpoint
 
     root = tmp_path_factory.mktemp("selworld")
     recs = []
@@ -66,30 +47,11 @@ def world(tmp_path_factory):
                 }
             )
     write_dataset(recs, root / "world", source="test")
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("proj.weight"):
-                cut = p.abs().flatten().kthvalue(int(0.6 * p.numel())).values
-                p.mul_(p.abs() > cut)
-    model.save_pretrained(root / "prune")
-    tok.save_pretrained(root / "prune")
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32)
+    write_checkpoint(model, tok, root / "base")
+    magnitude_masks(model, 0.6)  # zeroes in place; no masks file, as a dense model
+    write_checkpoint(model, tok, root / "prune")
     return root, recs
 
 

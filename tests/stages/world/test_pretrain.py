@@ -15,14 +15,6 @@ from pipelines.contract import RunContext  # noqa: E402
 from stages.world import pretrain  # noqa: E402
 from stages.world.pretrain.llama import lr_factor  # noqa: E402
 
-WORLD = dict(
-    pool_size=90,
-    eval_per_family=4,
-    pretrain_size=600,
-    ppl_size=18,
-    facts=6,
-    vocab_size=400,
-)
 # the "micro" setting used by integration tests (seconds on one core)
 MICRO = dict(
     hidden_size=32,
@@ -44,13 +36,10 @@ MICRO = dict(
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from stages.world import METHODS, run
+    from tests.tiny import micro_world
 
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("pre") / "world"
-    out.mkdir()
-    run(METHODS.load("synthetic").Params(**WORLD), {}, out, RunContext())
-    return out
+    return micro_world(tmp_path_factory.mktemp("pre") / "world", pretrain_size=600)
 
 
 def train(world: Path, out: Path, **kw: object):

@@ -12,27 +12,17 @@ from pydantic import ValidationError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.contract import RunContext  # noqa: E402
 from stages.common.io import read_jsonl  # noqa: E402
 from stages.common.text import format_prompt, format_response  # noqa: E402
-from stages.world import METHODS, run  # noqa: E402
+from stages.world import METHODS  # noqa: E402
 from stages.world.families import FAMILIES, load_family  # noqa: E402
+from tests.tiny import MICRO_WORLD, micro_world  # noqa: E402
 
-MICRO = dict(
-    pool_size=90,
-    eval_per_family=6,
-    pretrain_size=450,
-    ppl_size=18,
-    facts=6,
-    vocab_size=400,
-)
+MICRO = {**MICRO_WORLD, "eval_per_family": 6}
 
 
 def build(tmp: Path, **kw: object) -> Path:
-    params = METHODS.load("synthetic").Params(**{**MICRO, **kw})
-    tmp.mkdir(parents=True, exist_ok=True)
-    run(params, {}, tmp, RunContext())
-    return tmp
+    return micro_world(tmp, **{**MICRO, **kw})
 
 
 def files(folder: Path) -> dict[str, bytes]:

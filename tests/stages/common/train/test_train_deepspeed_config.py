@@ -92,15 +92,11 @@ def test_failed_launch_raises_with_exit_code(tmp_path, monkeypatch):
 def test_check_loadable_refuses_missing_weights(tmp_path):
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig
 
-    LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-    ).save_pretrained(tmp_path)
+    from tests.tiny import llama_config
+
+    cfg = llama_config(vocab_size=32, hidden=16, layers=1, heads=2, kv_heads=2)
+    cfg.save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="wrote no"):
         dl.check_loadable(tmp_path)
     save_file(
