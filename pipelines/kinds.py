@@ -18,6 +18,7 @@ KINDS = Registry(
         "select": "stages.select:KIND",
         "recover": "stages.recover:KIND",
         "evaluate": "stages.evaluate:KIND",
+        "merge": "stages.merge:KIND",
     },
 )
 

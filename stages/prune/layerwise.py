@@ -161,7 +161,7 @@ def prune_blockwise(
     """
     import torch
 
-    from stages.prune.maskio import pack
+    from stages.common.maskio import pack
 
     runner = BlockRunner(model, ids, resolve_device(params.device), params.batch_size)
     masks: dict[str, Any] = {}

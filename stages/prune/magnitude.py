@@ -57,7 +57,7 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
     """Prune the selected linear layers of ``model`` in place, one at a time."""
     import torch
 
-    from stages.prune.maskio import pack
+    from stages.common.maskio import pack
 
     mods = select_linears(model, params.include, params.exclude)
     weights = {k: m.weight.data for k, m in mods.items()}

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext, StageResult
+from stages.common.maskio import write_masks
+from stages.common.memory import peak_rss_mb
 from stages.prune.calib import Calibration
 from stages.prune.checkpoint import save_checkpoint
-from stages.prune.maskio import write_masks
 from stages.prune.targets import Pruned
 
 _BLOCK = re.compile(r"\.layers\.(\d+)\.")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB: VmHWM of its own
-    address space (ru_maxrss would include a forking parent's RSS)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def sparsity_metrics(

@@ -1,0 +1,179 @@
+"""Pure tensor maths of the merge methods (no I/O, no device defaults).
+
+Shapes: ``deltas`` and ``tensors`` are stacked per model, (K, *shape); weights
+are (K,). Semantics follow mergekit's ``generalized_task_arithmetic.py``,
+``sparsify.py``, ``linear.py`` and ``slerp.py`` so results agree to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _expand(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(K,) -> (K, 1, ..., 1) to broadcast against (K, *shape)."""
+    return w.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def linear(
+    tensors: torch.Tensor, weights: torch.Tensor, normalize: bool
+) -> torch.Tensor:
+    """sum_i w_i x_i, divided by sum_i w_i when ``normalize`` (mergekit linear)."""
+    w = _expand(weights.to(tensors.dtype), tensors)
+    out = (w * tensors).sum(dim=0)
+    return out / w.sum(dim=0) if normalize else out
+
+
+def slerp(
+    t: float,
+    v0: torch.Tensor,
+    v1: torch.Tensor,
+    dot_threshold: float = 0.9995,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Spherical interpolation of two tensors seen as flat vectors: ``t = 0``
+    gives ``v0``, ``t = 1`` gives ``v1``; nearly (anti)parallel directions
+    (|cos| > ``dot_threshold``) fall back to linear interpolation (mergekit)."""
+    a, b = v0.float(), v1.float()
+    na, nb = a.norm(), b.norm()
+    ua = a / na if na > eps else a
+    ub = b / nb if nb > eps else b
+    dot = (ua * ub).sum()
+    if dot.abs() > dot_threshold:
+        return (1 - t) * a + t * b
+    theta = torch.arccos(dot)
+    sin_theta = torch.sin(theta)
+    s0 = torch.sin(theta - theta * t) / sin_theta
+    s1 = torch.sin(theta * t) / sin_theta
+    return s0 * a + s1 * b
+
+
+def l1_rescale(
+    tensor: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7
+) -> torch.Tensor:
+    """``kept`` scaled to the L1 norm of ``tensor`` (unchanged when either norm
+    is below ``eps``): mergekit's ``rescale``."""
+    before, after = tensor.abs().sum(), kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+def magnitude_trim(
+    delta: torch.Tensor, density: float, rescale: bool = False
+) -> torch.Tensor:
+    """Keep the ``int(density * numel)`` largest |delta| (at least one), zero
+    the rest (TIES's trim; mergekit ``sparsify.magnitude``)."""
+    if density >= 1:
+        return delta
+    k = max(int(density * delta.numel()), 1)
+    keep = torch.zeros(delta.numel(), dtype=delta.dtype)
+    keep[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
+    kept = delta * keep.view_as(delta)
+    return l1_rescale(delta, kept) if rescale else kept
+
+
+def bernoulli_drop(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Keep each entry with probability ``density`` (DARE's random drop);
+    ``rescale`` restores the L1 norm, 1/density in expectation."""
+    if density >= 1:
+        return delta
+    keep = torch.bernoulli(torch.full_like(delta, density), generator=generator)
+    kept = delta * keep
+    return l1_rescale(delta, kept) if rescale else kept
+
+
+def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
+    """Per parameter, which models agree with the sign of the summed mass
+    (TIES's sign election; a zero sum elects +). Bool (K, *shape); a zero
+    (trimmed) entry never agrees."""
+    majority = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
+    return weighted.sign() == majority
+
+
+def combine_deltas(
+    deltas: torch.Tensor,
+    weights: torch.Tensor,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """The merged task vector from (K, *shape) deltas (mergekit GTA): weighted
+    sum, over sign-agreeing entries only when ``consensus`` (TIES's disjoint
+    mean when ``normalize``), divided by the weights that took part, times
+    ``lam``."""
+    w = _expand(weights.to(deltas.dtype), deltas)
+    weighted = deltas * w
+    if consensus:
+        agree = elect_sign(weighted).to(deltas.dtype)
+        mixed = (weighted * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return mixed
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per row (dim 1) scaled to [0, 1]; a constant row gives 0."""
+    lo = x.min(dim=1, keepdim=True).values
+    hi = x.max(dim=1, keepdim=True).values
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1), 0.0)
+
+
+def _clamp_rows(x: torch.Tensor, low: list[float], high: float) -> torch.Tensor:
+    """Clamp each row to its own [q_low, q_(1-high)] sorted-order values
+    (PCB's ``clamp``: index ``int(d * ratio)`` from the bottom and
+    ``int(d * (1 - high)) - 1`` from the top)."""
+    d = x.shape[1]
+    s = torch.sort(x, dim=1).values
+    lo_idx = torch.tensor([min(int(d * r), d - 1) for r in low])
+    hi_idx = max(min(int(d * (1 - high)) - 1, d - 1), 0)
+    lo = s.gather(1, lo_idx.unsqueeze(1))
+    hi = s[:, hi_idx : hi_idx + 1]
+    return torch.maximum(torch.minimum(x, hi), lo)
+
+
+def pcb_balance(
+    deltas: torch.Tensor, densities: list[float], clamp_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCB (Du et al. 2024): from (K, d) task vectors, (clamped deltas, scale).
+
+    Intra-balancing: exp(K * minmax(|tau_i|)^2), importance within a task.
+    Inter-balancing: tanh(tau_i * sum_j tau_j), agreement across tasks.
+    Their product is clamped below at each task's (1 - density) quantile and
+    min-max scaled, so the lowest-scoring (1 - density) entries get scale 0."""
+    k = deltas.shape[0]
+    mag = _clamp_rows(deltas.abs(), [clamp_ratio] * k, clamp_ratio)
+    clamped = deltas.sign() * mag
+    intra = torch.exp(k * _minmax(mag) ** 2)
+    inter = torch.tanh(deltas * deltas.sum(dim=0, keepdim=True))
+    score = intra * inter
+    scale = _minmax(_clamp_rows(score, [1 - d for d in densities], 0.0))
+    return clamped, scale
+
+
+def pcb_merge(
+    deltas: torch.Tensor,
+    weights: torch.Tensor,
+    densities: list[float],
+    clamp_ratio: float,
+    lam: float,
+) -> torch.Tensor:
+    """The PCB-merged task vector: sum_i w_i s_i tau_i / sum_i s_i, times lam."""
+    shape = deltas.shape[1:]
+    flat = deltas.reshape(deltas.shape[0], -1)
+    clamped, scale = pcb_balance(flat, densities, clamp_ratio)
+    w = weights.to(flat.dtype).unsqueeze(1)
+    merged = (w * clamped * scale).sum(dim=0) / scale.sum(dim=0).clamp(min=1e-12)
+    return (lam * merged).reshape(shape)
