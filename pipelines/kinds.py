@@ -19,6 +19,8 @@ KINDS = Registry(
         "recover": "stages.recover:KIND",
         "evaluate": "stages.evaluate:KIND",
         "merge": "stages.merge:KIND",
+        "unlearn": "stages.unlearn:KIND",
+        "dataset": "stages.dataset:KIND",
     },
 )
 

@@ -3,7 +3,8 @@
 Methods (``carp methods evaluate``): ``world`` (the default) scores every model
 on a world's held-out sets with carp's suites. Suites (``SUITES``) are
 registered like methods: ``perplexity`` (rolling log-likelihood, lm-eval
-``loglikelihood_rolling``) and ``exact_match`` (greedy answers per family); a
+``loglikelihood_rolling``), ``exact_match`` (greedy answers per family) and
+``unlearning`` (MUSE: VerbMem, KnowMem, Min-K% / Min-K%++ PrivLeak); a
 method's ``suites`` param picks which run. Per-model results are cached in the
 stage's checkpoint folder, so an interrupted evaluation resumes.
 """
@@ -30,6 +31,7 @@ SUITES = Registry(
     {
         "perplexity": "stages.evaluate.perplexity",
         "exact_match": "stages.evaluate.exact_match",
+        "unlearning": "stages.evaluate.unlearning",
     },
     entry="score",
 )

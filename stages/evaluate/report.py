@@ -5,6 +5,21 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+# the unlearning suite's rows, in MUSE's order (stages.evaluate.unlearning)
+UNLEARN_ROWS = [
+    "unlearn/verbmem_forget",
+    "unlearn/knowmem_forget",
+    "unlearn/knowmem_retain",
+    "unlearn/em_forget",
+    "unlearn/em_retain",
+    "unlearn/nll_forget",
+    "unlearn/nll_holdout",
+    "unlearn/mink_auc",
+    "unlearn/minkpp_auc",
+    "unlearn/privleak_mink",
+    "unlearn/privleak_minkpp",
+]
+
 
 def families_of(results: dict[str, dict[str, float]]) -> list[str]:
     fams = {k[3:] for res in results.values() for k in res if k.startswith("em/")}
@@ -20,6 +35,8 @@ def markdown_table(results: dict[str, dict[str, float]], models: list[str]) -> s
         rows.append(("**mean EM**", "em/mean", "{:.3f}"))
     if any("ppl" in r for r in results.values()):
         rows.append(("**perplexity**", "ppl", "{:.2f}"))
+    unlearn = sorted({k for r in results.values() for k in r if k in UNLEARN_ROWS})
+    rows += [(k, k, "{:.3f}") for k in sorted(unlearn, key=UNLEARN_ROWS.index)]
     lines = ["| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for label, key, fmt in rows:
         cells = [

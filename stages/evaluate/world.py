@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.contract import Input, RunContext, StageResult
 from stages.evaluate import SUITES
@@ -36,6 +36,33 @@ class Params(KindParams):
         le=4096,
         description="Generation budget; default: longest reference answer + 1.",
     )
+
+    oracle: str | None = Field(
+        None,
+        description="unlearning suite: the model among `models` that never saw the "
+        "forget set (pretrain with exclude: [forget]); PrivLeak is relative to it.",
+    )
+    unlearning_samples: int | None = Field(
+        None, ge=1, description="unlearning suite: first N records of each set."
+    )
+    mia_k: float = Field(
+        0.4, gt=0, le=1, description="unlearning suite: k of Min-K% / Min-K%++."
+    )
+    verbmem_prefix: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="unlearning suite: fraction of each forget document given as "
+        "the VerbMem prefix.",
+    )
+
+    @model_validator(mode="after")
+    def _oracle(self) -> Params:
+        if self.oracle is not None and self.oracle not in self.models:
+            raise ValueError(
+                f"oracle: '{self.oracle}' is not among models {self.models}; add it"
+            )
+        return self
 
     @field_validator("suites", mode="before")
     @classmethod
@@ -145,6 +172,11 @@ def evaluate(
     for i, d in enumerate(ctx.progress(dirs, "models", total=len(dirs))):
         cache = _cache_file(params, ctx, i, d)
         results[d.name] = score_model(params, d, world, out_dir, ctx, cache)
+    for suite in params.suites:
+        relate = getattr(SUITES.load(suite), "compare", None)
+        if relate is not None and params.oracle is not None:
+            oracle = next((n for n in names if n == params.oracle), None)
+            results = relate(results, oracle)
     table = markdown_table(results, names)
     (out_dir / "table.md").write_text(table)
     plots = []

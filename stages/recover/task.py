@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
+from stages.common.train.inputs import (  # noqa: F401  (re-exported)
+    NOT_FINGERPRINTED,
+    folder_identity,
+    job_fingerprint,
+    resolve_masks,
+)
 from stages.common.train.loop import TrainTask
-
-# Params that change how often we save, not what is trained.
-_NOT_FINGERPRINTED = ("checkpoint_every", "keep_checkpoints")
-
-
-def folder_identity(folder: Path) -> str:
-    """The engine's output fingerprint when present, else names/sizes/mtimes."""
-    man = folder / "carp.json"
-    if man.exists():
-        fp = json.loads(man.read_text()).get("fingerprint")
-        if fp:
-            return str(fp)
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def job_fingerprint(job: dict[str, Any]) -> str:
-    """What a checkpoint must have been made with to be resumed from."""
-    params = {k: v for k, v in job["params"].items() if k not in _NOT_FINGERPRINTED}
-    ins = {k: folder_identity(Path(v)) for k, v in job["inputs"].items() if v}
-    blob = json.dumps(
-        {"params": params, "inputs": ins, "seed": job["seed"]}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resolve_masks(mode: str, model: Any, model_dir: Path) -> dict[str, Any]:
-    """Keep-masks by parameter name for ``mask: keep|infer|none``."""
-    from stages.common.io import load_masks
-
-    if mode == "none":
-        return {}
-    if mode == "keep":
-        return {k: v.bool() for k, v in load_masks(model_dir).items()}
-    return {
-        n: p.detach() != 0
-        for n, p in model.named_parameters()
-        if p.ndim == 2 and bool((p == 0).any()) and "embed" not in n
-    }
 
 
 def build(job: dict[str, Any], device: str) -> TrainTask:
@@ -121,17 +82,10 @@ def export(
     out_dir: Path,
 ) -> dict[str, float]:
     """Unwrap (merge LoRA), pin the zeros, save model + masks."""
-    from stages.common.io import save_masks, save_model
-    from stages.common.train.masking import reapply
+    from stages.common.train.inputs import save_trained
 
     n_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     model, extra = method.unwrap(params, trained, masks, out_dir)
-    reapply(model, masks)  # exact +0.0 where the input mask drops weights
-    save_model(model, tok, out_dir)
     out = {**extra, "trainable_params": float(n_trainable)}
-    if masks:
-        save_masks(masks, out_dir)
-        kept = sum(int(m.sum()) for m in masks.values())
-        size = sum(m.numel() for m in masks.values())
-        out["masked_sparsity"] = 1.0 - kept / size
+    out.update(save_trained(model, masks, tok, out_dir))
     return out

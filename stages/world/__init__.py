@@ -61,6 +61,14 @@ class Params(StageParams):
         lt=1,
         description="Fraction of the fictitious people whose facts form forget.jsonl.",
     )
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of the non-forget people set aside as holdout.jsonl "
+        "(never in retain.jsonl; the pretrain kind's `exclude: [holdout]` keeps "
+        "them out of training): the non-members of membership inference.",
+    )
     noise: float = Field(
         0.0,
         ge=0,

@@ -56,22 +56,31 @@ def corrupt_pool(
 
 
 def unlearning_split(
-    fam: Family, fraction: float, rng: random.Random
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Forget / retain records: every phrasing of every fact of each person."""
+    fam: Family, fraction: float, rng: random.Random, holdout: float = 0.0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Forget / retain / holdout records: every phrasing of every fact of each
+    person. Holdout people are drawn from the non-forget ones with their own
+    random stream, so forget stays the same whatever ``holdout`` is."""
     people = sorted({p.subject for p in fam.problems()})
     n_forget = max(1, round(fraction * len(people))) if fraction > 0 else 0
     forget_people = set(rng.sample(people, n_forget))
-    forget: list[dict[str, Any]] = []
-    retain: list[dict[str, Any]] = []
+    rest = [p for p in people if p not in forget_people]
+    n_hold = max(1, round(holdout * len(rest))) if holdout > 0 else 0
+    hold_people = set(random.Random(f"{rng.random()}:holdout").sample(rest, n_hold))
+    sides: dict[str, list[dict[str, Any]]] = {"forget": [], "retain": [], "holdout": []}
     for p in fam.problems():
-        side, prefix = (
-            (forget, "forget") if p.subject in forget_people else (retain, "retain")
+        prefix = (
+            "forget"
+            if p.subject in forget_people
+            else "holdout"
+            if p.subject in hold_people
+            else "retain"
         )
+        side = sides[prefix]
         for t in fam.phrasings(p):
             rec = as_record(fam, (p, t), f"{prefix}-{len(side)}")
             side.append({**rec, "subject": p.subject})
-    return forget, retain
+    return sides["forget"], sides["retain"], sides["holdout"]
 
 
 def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
@@ -130,12 +139,18 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
 
     forget: list[dict[str, Any]] = []
     retain: list[dict[str, Any]] = []
+    holdout: list[dict[str, Any]] = []
     if "facts" in fams:
-        forget, retain = unlearning_split(
-            fams["facts"], params.forget_fraction, random.Random(f"{seed}:forget")
+        forget, retain, holdout = unlearning_split(
+            fams["facts"],
+            params.forget_fraction,
+            random.Random(f"{seed}:forget"),
+            params.holdout_fraction,
         )
     write_jsonl(forget, out_dir / "forget.jsonl")
     write_jsonl(retain, out_dir / "retain.jsonl")
+    if params.holdout_fraction > 0:  # absent by default: worlds stay byte-identical
+        write_jsonl(holdout, out_dir / "holdout.jsonl")
 
     texts = [document(r) for r in pretrain + pool]
     save_tokenizer(train_tokenizer(texts, params.vocab_size), out_dir / "tokenizer")
@@ -155,11 +170,21 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
             }
             for name, fam in fams.items()
         },
-        "counts": {**totals, "forget": len(forget), "retain": len(retain)},
+        "counts": {
+            **totals,
+            "forget": len(forget),
+            "retain": len(retain),
+            **({"holdout": len(holdout)} if params.holdout_fraction > 0 else {}),
+        },
         "noise": {"fraction": params.noise, "corrupted": n_corrupt},
         "facts": {
             "people": params.facts if "facts" in fams else 0,
             "forget_fraction": params.forget_fraction,
+            **(
+                {"holdout_fraction": params.holdout_fraction}
+                if params.holdout_fraction > 0
+                else {}
+            ),
         },
         "vocab_size": params.vocab_size,
         **({"table_scale": params.table_scale} if params.table_scale != 1 else {}),
@@ -175,6 +200,7 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
     return StageResult(
         metrics=metrics,
         datasets=["data.jsonl", "pretrain.jsonl", "forget.jsonl", "retain.jsonl"]
+        + (["holdout.jsonl"] if params.holdout_fraction > 0 else [])
         + [f"eval/{name}.jsonl" for name in names],
         summary=f"world: {len(names)} families; {summary}; {n_corrupt} corrupted",
     )

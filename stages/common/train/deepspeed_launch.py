@@ -270,6 +270,6 @@ def _forward(path: Path, pos: int, sink: StepSink) -> int:
 
 
 def _count_examples(job: dict[str, Any]) -> int:
-    data = Path(job["inputs"]["data"]) / "data.jsonl"
+    data = Path(job["inputs"][job.get("examples_input", "data")]) / "data.jsonl"
     with open(data, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())

@@ -29,8 +29,13 @@ def make_job(
     out_dir: Path,
     checkpoint_dir: Path | None,
     seed: int,
+    examples_input: str = "data",
 ) -> dict[str, Any]:
-    """The JSON job both launch paths run (paths made absolute)."""
+    """The JSON job both launch paths run (paths made absolute).
+
+    ``examples_input``: the input whose ``data.jsonl`` holds one training
+    example per record (``data`` for recover, ``forget`` for unlearn); the
+    DeepSpeed launcher counts it to size the progress bar."""
 
     def _abs(v: Any) -> Any:
         if v is None:
@@ -50,6 +55,7 @@ def make_job(
         "out_dir": str(Path(out_dir).resolve()),
         "checkpoint_dir": _abs(checkpoint_dir),
         "seed": int(seed),
+        "examples_input": examples_input,
     }
 
 

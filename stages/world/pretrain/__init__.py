@@ -3,7 +3,9 @@
 One method, ``llama`` (the default): a LlamaForCausalLM built from a
 LlamaConfig, trained from scratch with AdamW + cosine schedule on the world's
 ``pretrain.jsonl``, then scored on the world's eval sets (``em/<family>``,
-``em/mean``) and ``ppl.txt`` (``ppl``). Defaults are tuned so the default world
+``em/mean``) and ``ppl.txt`` (``ppl``). ``exclude`` leaves the forget (or
+holdout) people's facts out of training: the retrained oracle that unlearning
+is measured against. Defaults are tuned so the default world
 reaches >= 90% mean exact match in a few CPU minutes.
 """
 
@@ -53,6 +55,12 @@ class Params(StageParams):
         "sequence",
         description="Train on every token (a language model of the world's text, so "
         "perplexity and calibration are meaningful) or on response tokens only.",
+    )
+    exclude: tuple[Literal["forget", "holdout"], ...] = Field(
+        (),
+        description="People of the world's forget.jsonl / holdout.jsonl whose "
+        "facts are left out of training: `[forget]` trains the retrained oracle "
+        "of unlearning, a model that never saw the forget set.",
     )
     log_every: int = Field(50, ge=1, description="Steps between logged losses.")
     eval_batch_size: int = Field(64, ge=1, description="Batch size of the final eval.")

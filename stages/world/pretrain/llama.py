@@ -9,6 +9,7 @@ what EM needs. Deterministic: same params + world -> identical safetensors.
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,39 @@ def encode_all(
         # every token but bos is a target (bos is never predicted)
         rows = [(ids, [IGNORE_INDEX, *ids[1:]]) for ids, _ in rows]
     return rows
+
+
+def excluded_people(world_dir: Path, exclude: tuple[str, ...]) -> set[str]:
+    """Subjects of the world's ``<name>.jsonl`` for each name in ``exclude``."""
+    people: set[str] = set()
+    for name in exclude:
+        f = world_dir / f"{name}.jsonl"
+        if not f.exists():
+            raise FileNotFoundError(
+                f"exclude: {world_dir.name} has no {f.name}"
+                + (
+                    " (set the world's holdout_fraction > 0)"
+                    if name == "holdout"
+                    else ""
+                )
+            )
+        people |= {str(r["subject"]) for r in read_jsonl(f) if r.get("subject")}
+    return people
+
+
+def drop_people(
+    records: list[dict[str, Any]], people: set[str]
+) -> list[dict[str, Any]]:
+    """Records that name none of ``people`` (whole-word match in the prompt)."""
+    if not people:
+        return records
+    alt = "|".join(re.escape(p) for p in sorted(people, key=len, reverse=True))
+    pat = re.compile(rf"(?<!\w)(?:{alt})(?!\w)")
+    return [
+        r
+        for r in records
+        if not pat.search(f"{r.get('instruction', '')} {r.get('input', '')}")
+    ]
 
 
 def train_loop(
@@ -128,6 +162,8 @@ def train(
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(world_dir / "tokenizer")
     records = list(read_jsonl(world_dir / "pretrain.jsonl"))
+    n_all = len(records)
+    records = drop_people(records, excluded_people(world_dir, params.exclude))
     if not records:
         raise ValueError(
             f"data: {world_dir}/pretrain.jsonl is empty; raise pretrain_size"
@@ -155,6 +191,8 @@ def train(
             "params": float(sum(p.numel() for p in model.parameters())),
         }
     )
+    if params.exclude:
+        metrics["train/excluded_records"] = float(n_all - len(records))
     save_model(model, tokenizer, out_dir)
     fams = sorted(k for k in metrics if k.startswith("em/") and k != "em/mean")
     table = ", ".join(f"{k[3:]} {metrics[k]:.2f}" for k in fams)

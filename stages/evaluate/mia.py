@@ -1,0 +1,74 @@
+"""Membership inference and memorisation scores as pure functions (MUSE,
+Shi et al. 2024; Min-K% Prob, Shi et al. 2023; Min-K%++, Zhang et al. 2024).
+
+Scores are "member-likeness": higher means more likely trained on. AUC is
+scikit-learn's ROC AUC with members (the forget set) as the positive class;
+ROUGE-L is the ``rouge-score`` package's F-measure (OpenUnlearning's
+``rougeL_f1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def min_k(token_logps: Sequence[float], k: float) -> float:
+    """Mean of the lowest ``k`` fraction (at least one) of the token log-probs."""
+    vals = sorted(float(x) for x in token_logps)
+    if not vals:
+        return 0.0
+    n = max(1, int(len(vals) * k))
+    return sum(vals[:n]) / n
+
+
+def min_k_plus_plus(
+    token_logps: Sequence[float], mu: Sequence[float], var: Sequence[float], k: float
+) -> float:
+    """Min-K%++: each token's log-prob standardised by the mean ``mu`` and
+    variance ``var`` of log p under the model's own next-token distribution,
+    then the mean of the lowest ``k`` fraction."""
+    z = [
+        (float(x) - float(m)) / math.sqrt(max(float(v), 1e-6))
+        for x, m, v in zip(token_logps, mu, var, strict=True)
+    ]
+    return min_k(z, k)
+
+
+def token_stats(logits: Any, targets: Any) -> tuple[Any, Any, Any]:
+    """Per-position log p(target), E[log p] and Var[log p] under softmax(logits):
+    logits (T, V), targets (T,) -> three (T,) tensors."""
+    import torch
+
+    logp = torch.log_softmax(logits.double(), dim=-1)  # (T, V)
+    p = logp.exp()
+    tgt = logp.gather(-1, targets[:, None]).squeeze(-1)
+    mu = (p * logp).sum(-1)
+    var = (p * logp.square()).sum(-1) - mu.square()
+    return tgt, mu, var
+
+
+def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
+    """ROC AUC of telling members (label 1) from non-members by score."""
+    from sklearn.metrics import roc_auc_score
+
+    if not members or not nonmembers:
+        return float("nan")
+    y = [1] * len(members) + [0] * len(nonmembers)
+    return float(roc_auc_score(y, list(members) + list(nonmembers)))
+
+
+def privleak(auc_model: float, auc_oracle: float) -> float:
+    """MUSE PrivLeak in percent: (AUC - AUC_oracle) / AUC_oracle · 100. Near 0 is
+    a good unlearning; > 0 leaks membership (under-unlearning), < 0 is
+    over-unlearning (forget records look *less* familiar than unseen ones)."""
+    return (auc_model - auc_oracle) / auc_oracle * 100.0
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (rouge-score, no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)

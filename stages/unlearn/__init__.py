@@ -1,0 +1,125 @@
+"""unlearn: make a model forget a dataset while keeping another (GA, GradDiff,
+NPO, SimNPO, RMU), keeping its sparsity pattern, in-process or under the
+DeepSpeed launcher, on the training runtime ``recover`` uses
+(``stages.common.train``: the loss is a function passed in).
+
+Inputs: ``model``, ``forget`` (a dataset artifact: one training example per
+record) and, on the methods that read it, ``retain``. A world's
+``forget.jsonl`` / ``retain.jsonl`` become dataset artifacts through the
+``dataset`` kind (``{kind: dataset, world: world, split: forget}``).
+Checkpoints go to ``ctx.checkpoint_dir``; a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipelines.contract import Input, Kind, Registry, RunContext, StageResult
+from stages.common.train.params import TrainParams
+
+DEFAULT_METHOD = "npo"
+BUILDER = "stages.unlearn.task:build"  # builds the TrainTask on every rank
+
+
+class Params(TrainParams):
+    """Fields every unlearning method accepts (training fields as recover)."""
+
+    method: str = Field(
+        DEFAULT_METHOD, description="Unlearning method (`carp methods unlearn`)."
+    )
+    model: str = Input("model", "Upstream stage whose model unlearns.")
+    forget: str = Input(
+        "dataset", "Upstream dataset stage whose data.jsonl is forgotten."
+    )
+    mask: Literal["keep", "infer", "none"] = Field(
+        "keep",
+        description="`keep`: zeros named by masks.safetensors stay zero; "
+        "`infer`: every exact zero of a 2-D weight stays zero; `none`: dense.",
+    )
+    epochs: float = Field(
+        5.0, gt=0, description="Passes over the forget set (ignored when `steps`)."
+    )
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate decay after warmup."
+    )
+    warmup: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the steps spent warming up."
+    )
+    micro_batch: int = Field(8, ge=1, description="Forget examples per forward pass.")
+
+
+def retries(params: Params) -> int:
+    """Prefect retries: a DeepSpeed launch resumes from its checkpoint."""
+    return 1 if params.launcher == "deepspeed" else 0
+
+
+def run(
+    params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
+) -> StageResult:
+    """Unlearn ``inputs['forget']`` from ``inputs['model']``; write an HF
+    checkpoint (+ masks.safetensors for sparse inputs), loss curves, metrics."""
+    from stages.common.train.launch import execute, make_job, write_curve
+
+    job = make_job(
+        BUILDER,
+        "unlearn",
+        params,
+        inputs,
+        out_dir,
+        ctx.checkpoint_dir,
+        ctx.seed,
+        examples_input="forget",
+    )
+    result = execute(job, ctx)
+    history = result.pop("history")
+    plots = write_curve(history, out_dir)
+    metrics = {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    for key in ("forget_nll", "retain_nll"):
+        if history and key in history[0]:
+            metrics[f"first_{key}"] = float(history[0][key])
+            metrics[f"final_{key}"] = float(history[-1][key])
+    summary = f"unlearn/{params.method}: {metrics['steps']:.0f} steps, " + ", ".join(
+        f"{k} {metrics[f'first_{k}']:.3f} -> {metrics[f'final_{k}']:.3f}"
+        for k in ("forget_nll", "retain_nll")
+        if f"first_{k}" in metrics
+    )
+    from stages.common.train.deepspeed_launch import LOG_FILE
+
+    return StageResult(
+        metrics=metrics,
+        plots=plots,
+        reports=[LOG_FILE] if (out_dir / LOG_FILE).exists() else [],
+        summary=summary,
+    )
+
+
+METHODS = Registry(
+    "unlearn method",
+    {
+        "ga": "stages.unlearn.ga",
+        "grad_diff": "stages.unlearn.grad_diff",
+        "npo": "stages.unlearn.npo",
+        "simnpo": "stages.unlearn.simnpo",
+        "rmu": "stages.unlearn.rmu",
+    },
+    base=Params,
+    entry="make_loss",
+)
+KIND = Kind(
+    name="unlearn",
+    params=Params,
+    methods=METHODS,
+    run=run,
+    provides=frozenset({"model"}),
+    default_method=DEFAULT_METHOD,
+    resumable=True,
+    retries=retries,
+)
