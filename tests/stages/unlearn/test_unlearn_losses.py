@@ -39,10 +39,13 @@ def test_npo_closed_form():
     logp = torch.tensor([-3.0, -7.5, -1.2])
     ref = torch.tensor([-2.5, -8.0, -4.0])
     beta = 0.7
-    want = sum(
-        (2 / beta) * math.log1p(math.exp(beta * (a - b)))
-        for a, b in zip(logp.tolist(), ref.tolist(), strict=True)
-    ) / 3
+    want = (
+        sum(
+            (2 / beta) * math.log1p(math.exp(beta * (a - b)))
+            for a, b in zip(logp.tolist(), ref.tolist(), strict=True)
+        )
+        / 3
+    )
     assert float(npo_loss(logp, ref, beta)) == pytest.approx(want, rel=1e-6)
     # at π_θ = π_ref the loss is (2/β)·log 2 whatever the likelihoods
     assert float(npo_loss(ref, ref, beta)) == pytest.approx(2 / beta * math.log(2))
@@ -90,9 +93,7 @@ def test_simnpo_formula():
         want += -(2 / beta) * math.log(1 / (1 + math.exp(-x)))
     assert float(simnpo_loss(logp, n, beta, gamma)) == pytest.approx(want / 2)
     # length-normalised: doubling a sequence and its log-likelihood changes nothing
-    assert float(simnpo_loss(logp * 2, n * 2, beta, gamma)) == pytest.approx(
-        want / 2
-    )
+    assert float(simnpo_loss(logp * 2, n * 2, beta, gamma)) == pytest.approx(want / 2)
 
 
 def test_activation_mse_masks_positions():
