@@ -2,8 +2,10 @@
 
 Each node is submitted with ``wait_for`` its upstream nodes' futures, so
 independent branches (the variants of a sweep) run at the same time, at most
-``max_parallel`` at once (Prefect's ``ThreadPoolTaskRunner``). A failed node
-fails only its descendants, which are not run; independent siblings finish. The
+``max_parallel`` at once, each in a worker process (Prefect's
+``ProcessPoolTaskRunner``; with ``max_parallel: 1`` in the flow's own process).
+A failed node fails only its descendants, which are not run; independent
+siblings finish. The
 declaration is parsed once per flow run. Tasks call the same ``run_node`` as
 ``carp stage`` (what DVC runs), with the same cache keys: a node whose output
 was made from the same params, input fingerprints and code is skipped with a
@@ -23,10 +25,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from pipelines.graph import Graph, build
-from pipelines.kinds import load_kind
+from pipelines.kinds import KINDS, load_kind
 from pipelines.lineage import NULL_RUN
 from pipelines.runtime import Layout, open_lineage, run_node
 from pipelines.spec import load
@@ -64,6 +66,24 @@ def _limit_threads(parallel: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(threads))
+
+
+def _init_worker(kinds: dict[str, str]) -> None:
+    """Worker processes know the same kinds as the flow (plugins, test kinds)."""
+    for name, target in kinds.items():
+        if name not in KINDS:
+            KINDS.register(name, target)
+
+
+def task_runner(parallel: int) -> Any:
+    """One node at a time in the flow's process, or a pool of worker processes:
+    stages set torch's global RNG and load models through process-wide state, so
+    concurrent nodes need processes, not threads."""
+    if parallel <= 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    return ProcessPoolTaskRunner(
+        max_workers=parallel, initializer=_init_worker, initargs=(KINDS.entries(),)
+    )
 
 
 def _node_task(
@@ -154,7 +174,7 @@ def _run(
     run = open_lineage(graph, layout, reuse=False) if track else NULL_RUN
     report = FlowReport()
     try:
-        runner = ThreadPoolTaskRunner(max_workers=parallel)
+        runner = task_runner(parallel)
         with runner:
             _, report = submit_all(graph, layout, run, force, runner)
     finally:

@@ -166,6 +166,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entries(self) -> dict[str, str]:
+        """A copy of name -> target (to re-register in a worker process)."""
+        return dict(self._entries)
+
     def register(self, name: str, target: str) -> None:
         """Add ``name`` -> ``"module"`` or ``"module:attribute"`` (plugins, tests)."""
         self._entries[name] = target

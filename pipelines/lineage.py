@@ -56,6 +56,7 @@ class Lineage:
 
         self.root = root
         self.uri = uri
+        self.experiment = experiment
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -153,11 +154,29 @@ class Lineage:
 
 
 class PipelineRun:
-    """The lineage of one pipeline execution: a parent run and its stage runs."""
+    """The lineage of one pipeline execution: a parent run and its stage runs.
+
+    Pickles as (root, experiment, tracking URI, parent id), so a worker process
+    reconnects to the same parent run."""
+
+    tracking = True
 
     def __init__(self, lineage: Lineage, parent_id: str) -> None:
         self.lineage = lineage
         self.parent_id = parent_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        lin = self.lineage
+        return {
+            "root": lin.root,
+            "experiment": lin.experiment,
+            "uri": lin.uri,
+            "parent_id": self.parent_id,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.lineage = Lineage(state["root"], state["experiment"], state["uri"])
+        self.parent_id = state["parent_id"]
 
     def stage(
         self, name: str, tags: dict[str, str], params: dict[str, Any]
@@ -219,6 +238,7 @@ class NullStageRun:
 class NullRun:
     """Pipeline lineage when tracking is off."""
 
+    tracking = False
     parent_id: str | None = None
 
     def stage(

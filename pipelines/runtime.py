@@ -267,7 +267,7 @@ def run_node(
     if not force and is_current(layout, prep.node, prep.key):
         log.info("stage %s unchanged (cache key %s): skipped", name, prep.key)
         return read_manifest(out) or {}
-    tags = stage_tags(prep, layout) if run is not NULL_RUN else {}
+    tags = stage_tags(prep, layout) if run.tracking else {}
     params = {
         f"{prep.node.stage}.{k}": v
         for k, v in prep.node.params.model_dump(mode="json").items()

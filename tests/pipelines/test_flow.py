@@ -28,22 +28,46 @@ def times(tmp_path, node):
     return json.loads((tmp_path / "artifacts" / node / "times.json").read_text())
 
 
-def test_independent_nodes_overlap_and_dependents_wait(
-    tmp_path, toy_kinds, prefect_api
+def max_overlap(spans):
+    """Most spans running at one instant."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = cur = 0
+    for _, step in events:
+        cur += step
+        best = max(best, cur)
+    return best
+
+
+def test_parallel_nodes_overlap_in_worker_processes_with_lineage(
+    tmp_path, toy_kinds, prefect_api, monkeypatch
 ):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stages = {
-        "src": {"kind": "toysrc", "sleep": 1.0, "matrix": {"n": [1, 2, 3, 4]}},
+        "src": {"kind": "toysrc", "sleep": 2.0, "matrix": {"n": [1, 2, 3, 4]}},
         "add": {"kind": "toyadd", "data": "src"},
     }
     f = write(tmp_path, stages)
-    report = run_pipeline(str(f), tmp_path, track=False, max_parallel=4)
+    report = run_pipeline(str(f), tmp_path, track=True, max_parallel=2)
     assert not report.failed and len(report.done) == 8
     spans = [times(tmp_path, f"src@{n}") for n in (1, 2, 3, 4)]
-    assert max(s for s, _ in spans) < min(e for _, e in spans)  # all overlapped
+    assert max_overlap(spans) == 2  # two at a time, never more
     for n in (1, 2, 3, 4):  # every add started after its own src finished
         up_end = times(tmp_path, f"src@{n}")[1]
         made = (tmp_path / "artifacts" / f"add@{n}" / "carp.json").stat().st_mtime
         assert made >= up_end
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("carp-flow")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("carp.role") == "parent"]
+    kids = [r for r in runs if r.data.tags.get("carp.role") == "stage"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(k.info.run_name for k in kids) == sorted(report.done)
+    assert all(k.info.status == "FINISHED" for k in kids)
+    pid = parents[0].info.run_id
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {pid}
 
 
 def test_serial_flow_does_not_overlap(tmp_path, toy_kinds, prefect_api):

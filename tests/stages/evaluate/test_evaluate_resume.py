@@ -1,0 +1,71 @@
+"""Evaluate resumes: per-model results (and predictions) come back from the
+checkpoint folder, keyed on params and the inputs' fingerprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.contract import RunContext
+from pipelines.graph import folder_fingerprint
+from stages.evaluate import KIND
+from stages.evaluate.world import Params
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import torch
+
+    from tests.tiny import micro_world, tiny_llama, world_tokenizer, write_checkpoint
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("resume")
+    world = micro_world(root / "world", eval_per_family=2, ppl_size=3, families=["add"])
+    tok = world_tokenizer(world)
+    model = tiny_llama(tok, seed=0, hidden=32, layers=1, heads=2, kv_heads=1)
+    return world, write_checkpoint(model, tok, root / "m")
+
+
+def ctx(ckpt: Path, model_fp: str = "m1") -> RunContext:
+    for out in ("a", "b"):  # the engine hands over empty output folders
+        (ckpt.parent / out).mkdir(exist_ok=True)
+    fps = {"data": "w1", "models": [model_fp]}
+    return RunContext(checkpoint_dir=ckpt, input_fingerprints=fps)
+
+
+def test_second_run_reads_the_cache_and_writes_the_same_output(
+    folders, tmp_path, monkeypatch
+):
+    world, model = folders
+    params = Params(models=["m"], data="world", max_samples_per_family=2)
+    inputs = {"data": world, "models": [model]}
+    assert KIND.resumable
+    first = KIND.run(params, inputs, tmp_path / "a", ctx(tmp_path / "ck"))
+    cached = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert len(cached) == 2 and any(n.endswith(".m.jsonl") for n in cached)
+
+    import stages.common.io as io
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded although its result is cached")
+
+    monkeypatch.setattr(io, "load_model", no_load)
+    second = KIND.run(params, inputs, tmp_path / "b", ctx(tmp_path / "ck"))
+    assert second.metrics == first.metrics
+    assert folder_fingerprint(tmp_path / "a") == folder_fingerprint(tmp_path / "b")
+
+
+def test_a_changed_input_fingerprint_is_not_served_from_cache(
+    folders, tmp_path, monkeypatch
+):
+    world, model = folders
+    params = Params(models=["m"], data="world", max_samples_per_family=1)
+    inputs = {"data": world, "models": [model]}
+    KIND.run(params, inputs, tmp_path / "a", ctx(tmp_path / "ck"))
+    before = {p.name for p in (tmp_path / "ck").iterdir()}
+    KIND.run(params, inputs, tmp_path / "b", ctx(tmp_path / "ck", model_fp="m2"))
+    after = {p.name for p in (tmp_path / "ck").iterdir()}
+    assert after > before  # a new entry for the new model content
+    assert json.loads(next((tmp_path / "ck").glob("*.json")).read_text())
