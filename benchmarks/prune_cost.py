@@ -48,35 +48,34 @@ METHODS = [
 def make_inputs(work: Path, size: str) -> tuple[Path, Path, int]:
     """Save a random-weight model (with a char tokenizer) and a small dataset."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from stages.common.io import save_model, write_dataset
-
-    sys.path.insert(0, str(ROOT / "tests/stages/prune"))
-    from prune_helpers import char_tokenizer, records
+    from stages.common.io import write_dataset
+    from tests.tiny import (
+        char_tokenizer,
+        llama_config,
+        records,
+        tiny_llama,
+        write_checkpoint,
+    )
 
     model_dir, data_dir = work / f"model_{size}", work / "data"
     hidden, layers, heads, kv, inter, vocab = SIZES[size]
-    cfg = LlamaConfig(
+    dims = dict(
         vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        intermediate=inter,
+        max_positions=2048,
     )
     if not (model_dir / "config.json").exists():
-        torch.manual_seed(0)
-        save_model(LlamaForCausalLM(cfg), char_tokenizer(), model_dir)
+        write_checkpoint(tiny_llama(**dims), char_tokenizer(), model_dir)
     if not (data_dir / "data.jsonl").exists():
         write_dataset(records(2000), data_dir, source="benchmark")
     with torch.device("meta"):
-        n = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+        n = sum(p.numel() for p in LlamaForCausalLM(llama_config(**dims)).parameters())
     return model_dir, data_dir, n
 
 
@@ -99,19 +98,22 @@ def child(args: argparse.Namespace) -> None:
 
         save_model(load_model(Path(args.model)), load_tokenizer(args.model), out)
     else:
+        from pydantic import ValidationError
+
         from pipelines.contract import RunContext
         from stages.prune import METHODS as REG
         from stages.prune import run
 
+        cls = REG.load(args.child.split()[0]).Params
         kw = dict(METHODS)[args.child]
-        params = REG.load(args.child.split()[0]).Params(
-            model="m",
-            calib="d",
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            **kw,
-        )
-        inputs = {"model": Path(args.model), "calib": Path(args.data)}
+        kw = dict(model="m", nsamples=args.nsamples, seqlen=args.seqlen, **kw)
+        try:  # methods that read calibration data take it
+            params = cls(calib="d", **kw)
+        except ValidationError:  # magnitude, width with l1/l2 importance: refuse it
+            params = cls(**kw)
+        inputs = {"model": Path(args.model)}
+        if getattr(params, "calib", None):
+            inputs["calib"] = Path(args.data)
         run(params, inputs, out, RunContext(name=args.child))
     from stages.prune.stage import peak_rss_mb
 
@@ -209,8 +211,10 @@ def main() -> None:
         f"{args.threads} thread(s), nsamples {args.nsamples}, seqlen {args.seqlen}; "
         "peak RSS = VmHWM of the measured process)\n\n"
     )
-    (ROOT / "benchmarks/results/prune_cost.md").write_text(head + table + "\n")
-    (ROOT / "benchmarks/results/prune_cost.json").write_text(json.dumps(rows, indent=1))
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "prune_cost.md").write_text(head + table + "\n")
+    (results / "prune_cost.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ Exits with status 2 and a message when no CUDA device is visible.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "stages" / "recover")]
+sys.path.insert(0, str(ROOT))
 
 
 def bare_bf16(folders: dict[str, Path], steps: int, micro: int, lr: float) -> float:
@@ -115,10 +116,12 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    from recover_fixtures import build_world
+    from tests.tiny import pruned_pair
 
-    work = Path(tempfile.mkdtemp(prefix="carp-gpu-recover-"))
-    folders = build_world(
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="recover_gpu_zero2_", dir=results))
+    folders = pruned_pair(
         work,
         n_records=args.records,
         hidden=args.hidden,
@@ -138,6 +141,7 @@ def main() -> None:
     print(f"bare bf16 loop         {bare:12,.0f} tokens/s")
     print(f"recover ZeRO-2 bf16    {ds:12,.0f} tokens/s  ratio {ds / bare:.3f}")
     print(f"recover in-process     {inproc:12,.0f} tokens/s  ratio {inproc / bare:.3f}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

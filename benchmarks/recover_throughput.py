@@ -16,6 +16,7 @@ masks the merge), distill.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "stages" / "recover")]
+sys.path.insert(0, str(ROOT))
 CLOCK = time.process_time
 WARMUP = 3
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -175,17 +176,19 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from recover_fixtures import build_world
 
     from stages.common.train import loop
+    from tests.tiny import pruned_pair
 
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     loop.time = types.SimpleNamespace(perf_counter=CLOCK)  # the stage's step timer
     torch.set_num_threads(1)
     fused = None if args.reference_adamw else True
-    work = Path(tempfile.mkdtemp(prefix="carp-bench-recover-"))
-    folders = build_world(
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="recover_throughput_", dir=results))
+    folders = pruned_pair(
         work,
         n_records=args.records,
         hidden=args.hidden,
@@ -230,6 +233,7 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,13 @@ over the same length-bucketed batches, measured interleaved in one run.
 
 Ratio = records/s of a stage variant / records/s of the bare loop; the median of
 ``--repeats`` interleaved rounds. Models and pool default to the embedded
-default at /work/bench_assets (the pool is copied, never modified).
+default world, base model and 50%-magnitude-pruned model in
+benchmarks/results/assets/, built on first use (benchmarks/assets.py); the pool
+is copied, never modified.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_jsd_throughput.py
+
+Writes benchmarks/results/select_jsd_throughput.md and .json.
 """
 
 from __future__ import annotations
@@ -35,20 +39,32 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-ASSETS = Path("/work/bench_assets")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", type=Path, default=ASSETS / "world")
-    ap.add_argument("--base", type=Path, default=ASSETS / "base")
-    ap.add_argument("--prune", type=Path, default=ASSETS / "prune")
+    for name in ("world", "base", "prune"):
+        ap.add_argument(
+            f"--{name}",
+            type=Path,
+            help=f"{name} artifact folder (default: benchmarks/results/assets/{name},"
+            " built when missing)",
+        )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--limit", type=int, default=0, help="first N pool records (0: all)"
     )
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    if not (a.world and a.base and a.prune):
+        from benchmarks.assets import default_assets
+
+        built = default_assets()
+        a.world, a.base, a.prune = (
+            a.world or built["world"],
+            a.base or built["base"],
+            a.prune or built["prune"],
+        )
     import torch
 
     from pipelines.contract import RunContext
@@ -65,7 +81,8 @@ def main() -> None:
     )
 
     torch.set_num_threads(a.threads)
-    work = Path(tempfile.mkdtemp(prefix="carp_jsd_"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="jsd_work_", dir=RESULTS))
     pool_dir = work / "world"
     pool_dir.mkdir()
     for f in ("data.jsonl", "dataset.json"):

@@ -6,10 +6,14 @@ embeddings), and, on a noisy copy of the pool, the corrupted records each
 method selects and the concept filter's precision on them. Runs the stages'
 own run() functions in a work folder; finished stages are reused.
 
-By default it uses the already trained default world / base / pruned model at
-/work/bench_assets (``--world/--base/--prune`` to point elsewhere; the world
-folder is copied, the models are only read). ``--micro`` builds a tiny world
-and model instead (a seconds-long smoke run of the whole script).
+By default it uses the default world / base / 50%-magnitude-pruned model in
+benchmarks/results/assets/, built on first use (benchmarks/assets.py;
+``--world/--base/--prune`` to point elsewhere; the world folder is copied, the
+models are only read). ``--micro`` builds a tiny world and model instead (a
+short smoke run of the whole script). Work folder (finished stages are
+reused): benchmarks/results/select_quality/ (``select_quality_micro/`` with
+``--micro``; ``--work``); results: benchmarks/results/select_quality.md and
+.json (``select_quality_micro.*`` with ``--micro``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_quality.py \
         --seeds 0 1 2 --budgets 0.1 0.2 --noise 0.1
@@ -29,8 +33,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.tiny import MICRO_WORLD as TINY_WORLD  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
-ASSETS = Path("/work/bench_assets")
 METHODS = ("paser", "random", "perplexity", "ifd", "full")
 ABLATIONS = {  # PASER ablations (label -> paser params), --ablations
     "paser-no-cluster": {"clustering": False},
@@ -84,15 +90,13 @@ def summarise(metrics: dict[str, float]) -> dict[str, Any]:
     }
 
 
-MICRO_WORLD = dict(
-    pool_size=90,
-    eval_per_family=3,
-    pretrain_size=300,
-    ppl_size=9,
-    facts=6,
-    vocab_size=300,
-    seed=0,
-)
+MICRO_WORLD = {  # the tests' micro world, smaller still (tests/tiny.py)
+    **TINY_WORLD,
+    "eval_per_family": 3,
+    "pretrain_size": 300,
+    "ppl_size": 9,
+    "vocab_size": 300,
+}
 
 
 def micro_assets(w: Path) -> tuple[Path, Path, Path]:
@@ -105,7 +109,7 @@ def micro_assets(w: Path) -> tuple[Path, Path, Path]:
         intermediate_size=64,
         steps=15,
         batch_size=16,
-        warmup_steps=2,
+        warmup_ratio=0.1,
         max_len=48,
     )
     stage("world", MICRO_WORLD, {}, w / "world", 0)
@@ -137,9 +141,13 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--noise", type=float, default=0.1)
-    ap.add_argument("--world", type=Path, default=ASSETS / "world")
-    ap.add_argument("--base", type=Path, default=ASSETS / "base")
-    ap.add_argument("--prune", type=Path, default=ASSETS / "prune")
+    for name in ("world", "base", "prune"):
+        ap.add_argument(
+            f"--{name}",
+            type=Path,
+            help=f"{name} artifact folder (default: benchmarks/results/assets/{name},"
+            " built when missing)",
+        )
     ap.add_argument(
         "--eval-samples",
         type=int,
@@ -148,9 +156,14 @@ def main() -> None:
     )
     ap.add_argument("--ablations", action="store_true", help="add PASER ablations")
     ap.add_argument("--micro", action="store_true")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/carp_select_quality"))
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="work folder; finished stages in it are reused (default: "
+        "benchmarks/results/select_quality/, or select_quality_micro/ with --micro)",
+    )
     a = ap.parse_args()
-    w = a.work
+    w = a.work or RESULTS / ("select_quality_micro" if a.micro else "select_quality")
     w.mkdir(parents=True, exist_ok=True)
     rec_p: dict[str, Any] = {"method": "full"}  # recover's defaults
     eval_p: dict[str, Any] = {}
@@ -161,6 +174,15 @@ def main() -> None:
         rec_p.update(steps=4, micro_batch=4, max_len=48)
         eval_p["max_samples_per_family"] = 2
     else:
+        if not (a.world and a.base and a.prune):
+            from benchmarks.assets import default_assets
+
+            built = default_assets()
+            a.world, a.base, a.prune = (
+                a.world or built["world"],
+                a.base or built["base"],
+                a.prune or built["prune"],
+            )
         world = w / "world"
         if not world.exists():
             shutil.copytree(a.world, world)

@@ -22,8 +22,15 @@ concept filter, plots, writing the dataset. Dense = the public code's S2RIC:
 N×N distances, affinity, ``inv(D) @ A`` Laplacian, ``eigsh(L, K, 'SM')``, NMF of
 |V Vᵀ|; run at small N where its N×N float64 matrices fit, with the same K.
 
+The stage reads the tokenizer and fingerprints of a base and a pruned model:
+the default ones in benchmarks/results/assets/, built on first use
+(benchmarks/assets.py; ``--base/--prune`` to point elsewhere).
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_scale.py \
         --sizes 52000 200000 --dense-sizes 1000 2000 4000 8000
+
+Work folder (pools, caches, selections): benchmarks/results/select_scale/
+(``--work``); results: benchmarks/results/select_scale.md and .json.
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-ASSETS = Path("/work/bench_assets")
 DENSE_MATRICES = 6  # N×N float64 arrays alive at the dense peak (D, inv(D), A, ...)
 
 
@@ -151,7 +157,7 @@ def synthetic_jsd(pool: list, seed: int = 0) -> Any:
     return np.clip(base * rng.lognormal(0, 0.5, len(pool)), 0, 0.69)
 
 
-def prime_caches(pool: list, emb: Any, ck: Path) -> None:
+def prime_caches(pool: list, emb: Any, ck: Path, models: dict[str, Path]) -> None:
     """Write the stage's embedding and JSD caches for ``pool`` into ``ck``."""
     from stages.select.cache import ScoreCache, fingerprint, record_key
     from stages.select.scoring import embed_text, encoder_path, lm_key
@@ -160,13 +166,21 @@ def prime_caches(pool: list, emb: Any, ck: Path) -> None:
         return
     enc = ScoreCache(ck / f"embed-{fingerprint(Path(encoder_path(None)))}", 384)
     enc.add([record_key(r, embed_text(r)) for r in pool], emb)
-    name = f"jsd-{fingerprint(ASSETS / 'base')}-{fingerprint(ASSETS / 'prune')}-len256"
+    name = f"jsd-{fingerprint(models['base'])}-{fingerprint(models['prune'])}-len256"
     ScoreCache(ck / name, 1).add(
         [lm_key(r) for r in pool], synthetic_jsd(pool)[:, None]
     )
 
 
-def stage_job(pool_dir: str, ck: str, out: str, budget: float, knn_dim: int, q):
+def stage_job(
+    pool_dir: str,
+    ck: str,
+    out: str,
+    budget: float,
+    knn_dim: int,
+    models: dict[str, Path],
+    q,
+):
     """The select stage's run() (paser) with primed caches; ARI from its labels."""
     import numpy as np
 
@@ -187,8 +201,8 @@ def stage_job(pool_dir: str, ck: str, out: str, budget: float, knn_dim: int, q):
     )
     inputs = {
         "pool": Path(pool_dir),
-        "model": ASSETS / "prune",
-        "reference": ASSETS / "base",
+        "model": models["prune"],
+        "reference": models["base"],
     }
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
@@ -296,8 +310,21 @@ def main() -> None:
     ap.add_argument("--dense-max-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=1500)
     ap.add_argument("--dense-timeout", type=float, default=600)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/carp_select_scale"))
+    ap.add_argument("--work", type=Path, default=RESULTS / "select_scale")
+    for name in ("base", "prune"):
+        ap.add_argument(
+            f"--{name}",
+            type=Path,
+            help=f"{name} model folder (default: benchmarks/results/assets/{name},"
+            " built when missing)",
+        )
     a = ap.parse_args()
+    if not (a.base and a.prune):
+        from benchmarks.assets import default_assets
+
+        built = default_assets()
+        a.base, a.prune = a.base or built["base"], a.prune or built["prune"]
+    models = {"base": a.base, "prune": a.prune}
     import psutil
 
     from stages.common.io import read_dataset
@@ -327,7 +354,7 @@ def main() -> None:
             emb, info = synthetic_embeddings(pool, ref_pool, ref_emb)
             kind = "synthetic (jittered real, same family)"
         ck = a.work / f"ck{n}"
-        prime_caches(pool, emb, ck)
+        prime_caches(pool, emb, ck, models)
         del emb
         fams: dict[str, int] = {}
         for r in pool:
@@ -346,6 +373,7 @@ def main() -> None:
             str(out),
             a.budget,
             a.knn_dim,
+            models,
             timeout=a.timeout,
         )
         need = DENSE_MATRICES * 8 * n**2 / 2**30
