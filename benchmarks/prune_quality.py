@@ -10,10 +10,13 @@ reuses models pruned from an old one. Calibration: ``nsamples`` windows of the
 world's pool (its ``data.jsonl``), as the prune stage's ``calib: world``.
 
     .venv/bin/python benchmarks/prune_quality.py \
-        [--world /work/bench_assets/world --base /work/bench_assets/base] \
-        [--threads 1] [--removed 0.25]
+        [--world benchmarks/results/assets/world] \
+        [--base benchmarks/results/assets/base] [--threads 1] [--removed 0.25]
 
-Writes benchmarks/results/prune_quality.md (a markdown table) and .json.
+(benchmarks/results/assets/ holds the default world and base model once a select
+benchmark has built them; so do ``artifacts/world`` and ``artifacts/base`` after
+``make demo``.) Work folder: benchmarks/results/quality/ (``--work``). Writes
+benchmarks/results/prune_quality.md (a markdown table) and .json.
 """
 
 from __future__ import annotations

@@ -37,7 +37,13 @@ def main() -> int:
     ap.add_argument(
         "--world-set", action="append", default=[], help="world param=value"
     )
-    ap.add_argument("--work", type=Path, default=None, help="keep outputs here")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="a new folder for the world and base (default: a fresh "
+        "benchmarks/results/world_pretrain_* folder)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -52,7 +58,9 @@ def main() -> int:
     from stages.world import run as build_world
     from stages.world.pretrain.llama import build_model
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="world_pretrain_"))
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="world_pretrain_", dir=results))
     world, base = work / "world", work / "base"
     for d in (world, base):
         d.mkdir(parents=True, exist_ok=False)
@@ -97,9 +105,7 @@ def main() -> int:
     ]
     report = "\n".join(lines)
     print(report)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "world_pretrain.md").write_text(report + "\n")
+    (results / "world_pretrain.md").write_text(report + "\n")
     return 0
 
 
