@@ -120,11 +120,10 @@ def score(model_dir: Path, world: Path, max_per_family: int | None) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
     from stages.common.io import load_model, load_tokenizer
-    from stages.evaluate import Params as EvalParams
     from stages.evaluate import exact_match, perplexity
+    from stages.evaluate.world import Params as EvalParams
 
     ev = EvalParams(
-        method="exact_match",
         models=["m"],
         data="world",
         max_samples_per_family=max_per_family,

@@ -8,11 +8,13 @@ dst=${1:-$(mktemp -d)/carp}
 git clone -q "$src" "$dst"
 cd "$dst"
 export PATH="$dst/.venv/bin:$PATH" HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
+unset PYTHONDONTWRITEBYTECODE  # as users run it
 secs() { local t0=$1; echo $(( $(date +%s) - t0 )); }
 
 t=$(date +%s); make install > install.log 2>&1; echo "install: $(secs "$t") s"
 t=$(date +%s); make demo 2>&1 | tee demo.log | tail -16; echo "make demo (installed): $(secs "$t") s"
 t=$(date +%s); dvc repro > repro2.log 2>&1; echo "cached dvc repro: $(secs "$t") s ($(tail -1 repro2.log))"
+echo "dvc status after the cached repro: $(dvc status)"
 
 carp validate params.yaml > /dev/null && echo "carp validate params.yaml: exit 0"
 sed 's/sparsity: 0.5/sparsity: 1.5/; s/method: random/method: randm/; s/data: select/data: prune/' \
@@ -40,3 +42,4 @@ PY
 t=$(date +%s); dvc exp run -S stages.prune.sparsity=0.6 > exp.log 2>&1
 echo "dvc exp run -S stages.prune.sparsity=0.6: $(secs "$t") s"
 grep -E "Running stage|didn't change" exp.log
+echo "dvc status after the experiment (bytecode written): $(dvc status)"

@@ -51,8 +51,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from pipelines.contract import RunContext
     from stages.common.io import load_tokenizer
-    from stages.evaluate import Params as EvalParams
     from stages.evaluate import exact_match, perplexity
+    from stages.evaluate.world import Params as EvalParams
     from stages.world import METHODS as WORLD
     from stages.world import pretrain
     from stages.world import run as build_world
@@ -74,7 +74,7 @@ def main() -> int:
     tok = load_tokenizer(world / "tokenizer")
     torch.manual_seed(0)
     init = build_model(params, tok).eval()
-    ev = EvalParams(method="exact_match", models=["init"], data="world")
+    ev = EvalParams(models=["init"], data="world")
     ctx = RunContext(name="baseline")
     before = exact_match.score(init, tok, world, ev, ctx)
     before.update(perplexity.score(init, tok, world, ev, ctx))
