@@ -40,6 +40,14 @@ class Params(StageParams):
         "or a record count >= 1 (2000).",
     )
 
+    families: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Keep only pool records of these task families before "
+        "selecting (a capability subset, e.g. one expert's data); a fractional "
+        "budget is then a fraction of that subset.",
+    )
+
     @field_validator("budget", mode="before")
     @classmethod
     def _budget_type(cls, v: Any) -> Any:
@@ -88,6 +96,15 @@ def run(
     pool = read_dataset(pool_dir)
     if not pool:
         raise ValueError(f"pool: '{pool_dir.name}' has an empty data.jsonl")
+    if params.families:
+        known = sorted({str(r.get("family")) for r in pool})
+        unknown = sorted(set(params.families) - set(known))
+        if unknown:
+            raise ValueError(
+                f"families: {', '.join(unknown)} not in pool '{pool_dir.name}' "
+                f"(its families: {', '.join(known)})"
+            )
+        pool = [r for r in pool if r.get("family") in params.families]
     seed = ctx.seed
     n = resolve_budget(params.budget, len(pool), pool_dir.name)
     method = KIND.method(params.method)
