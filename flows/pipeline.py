@@ -30,7 +30,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from pipelines.graph import Graph, build
 from pipelines.kinds import KINDS, load_kind
 from pipelines.lineage import NULL_RUN
-from pipelines.runtime import Layout, open_lineage, run_node
+from pipelines.runtime import Layout, check_owner, open_lineage, run_node
 from pipelines.spec import load
 
 
@@ -169,6 +169,7 @@ def _run(
     path = Path(file) if Path(file).is_absolute() else root_path / file
     graph = build(load(path))
     layout = Layout(root_path)
+    check_owner(graph, layout)
     parallel = max_parallel or graph.decl.header.max_parallel or default_parallel()
     _limit_threads(parallel)
     run = open_lineage(graph, layout, reuse=False) if track else NULL_RUN
@@ -205,6 +206,20 @@ def run_pipeline(
     return report
 
 
+def check_cron(cron: str) -> None:
+    """A cron string Prefect accepts, or ``ValueError`` with an example."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except (ValidationError, ValueError) as e:
+        raise ValueError(
+            f"--cron {cron!r} is not a valid cron schedule; five fields: minute "
+            'hour day-of-month month day-of-week, e.g. "0 3 * * *" (03:00 daily)'
+        ) from e
+
+
 def serve(file: str, cron: str, name: str | None = None) -> None:
     """Serve the flow with a cron schedule against a running Prefect server."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -212,6 +227,7 @@ def serve(file: str, cron: str, name: str | None = None) -> None:
             "carp serve needs a Prefect server: run `prefect server start` and "
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first"
         )
+    check_cron(cron)
     path = Path(file).resolve()
     carp_pipeline.serve(
         name=name or f"carp-{path.stem}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,15 +14,22 @@ from pipelines.spec import DeclarationError
 DEFAULT_FILE = "params.yaml"
 
 
-def _load_graph(path: str):  # -> Graph
+def _load_graph(path: str, local: bool = False):  # -> Graph
+    """Validate and expand ``path``; ``local`` also checks the files and folders
+    it names on this machine (checkpoints, hostfiles)."""
     from pipelines.graph import build
-    from pipelines.spec import load
+    from pipelines.spec import DeclarationError, load, local_path_issues
 
-    return build(load(path))
+    decl = load(path)
+    if local:
+        issues = local_path_issues(decl)
+        if issues:
+            raise DeclarationError(path, issues)
+    return build(decl)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    graph = _load_graph(args.file)
+    graph = _load_graph(args.file, local=True)
     names = list(graph.nodes)
     print(
         f"{args.file}: OK — {len(graph.decl.stages)} stages, {len(names)} nodes: "
@@ -54,9 +62,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.lineage import NULL_RUN
-    from pipelines.runtime import Layout, StageError, open_lineage, run_node
+    from pipelines.runtime import Layout, open_lineage, run_node
 
-    graph = _load_graph(args.file)
+    graph = _load_graph(args.file, local=True)
     if args.name not in graph.nodes:
         from pipelines.spec import did_you_mean
 
@@ -70,16 +78,21 @@ def cmd_stage(args: argparse.Namespace) -> int:
     run = NULL_RUN if args.no_track else open_lineage(graph, layout, reuse=True)
     try:
         run_node(graph, args.name, layout, run, force=True)
-    except StageError as e:
-        print(f"carp: {e}", file=sys.stderr)
+    except Exception as e:
+        if _debug(args):
+            raise
+        print(f"carp: stage '{args.name}' failed: {_one_line(e)}", file=sys.stderr)
+        print(DEBUG_HINT, file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import run_pipeline
+    from pipelines.runtime import Layout, check_owner
 
-    _load_graph(args.file)  # validate before Prefect starts
+    graph = _load_graph(args.file, local=True)  # validate before Prefect starts
+    check_owner(graph, Layout(Path.cwd()))
     report = run_pipeline(
         args.file,
         root=Path.cwd(),
@@ -92,9 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.pipeline import serve
+    from flows.pipeline import check_cron, serve
 
-    _load_graph(args.file)
+    check_cron(args.cron)
+    _load_graph(args.file, local=True)
     serve(args.file, cron=args.cron, name=args.name)
     return 0
 
@@ -115,16 +129,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.runtime import Layout
+    from pipelines.runtime import Layout, read_manifest
 
     graph = _load_graph(args.file)
     layout = Layout(Path.cwd())
+    mine = graph.decl.header.pipeline
     shown = 0
     for node in graph.nodes.values():
         table = layout.out(node.name) / "table.md"
-        if node.kind == "evaluate" and table.exists():
-            print(f"## {node.name}\n\n{table.read_text()}")
-            shown += 1
+        if node.kind != "evaluate" or not table.exists():
+            continue
+        theirs = (read_manifest(layout.out(node.name)) or {}).get("pipeline")
+        if theirs is not None and theirs != mine:
+            print(
+                f"{layout.out(node.name)} holds pipeline {theirs!r}'s results, not "
+                f"{mine!r}'s: not shown",
+                file=sys.stderr,
+            )
+            continue
+        print(f"## {node.name}\n\n{table.read_text()}")
+        shown += 1
     if not shown:
         print(
             "no evaluation tables yet: run `dvc repro` or `carp run` first",
@@ -144,9 +168,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_HINT = "carp: run again with --debug (or CARP_DEBUG=1) for the traceback"
+
+
+def _debug(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("CARP_DEBUG") == "1"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="carp", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+    p = argparse.ArgumentParser(prog="carp", description=__doc__, parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(*a, **kw):  # every subcommand also takes --debug
+        return _add(*a, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("validate", help="check a pipeline file before any compute")
     s.add_argument("file", nargs="?", default=DEFAULT_FILE)
@@ -209,6 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownName as e:
         print(f"carp: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("carp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _debug(args):
+            raise
+        from pipelines.lineage import LineageError
+        from pipelines.runtime import StageError
+
+        if isinstance(e, StageError | LineageError):
+            print(f"carp: {e}", file=sys.stderr)
+        else:
+            print(f"carp {args.command} failed: {_one_line(e)}", file=sys.stderr)
+            print(DEBUG_HINT, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

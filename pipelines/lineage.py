@@ -33,6 +33,15 @@ def tracking_uri(root: Path, declared: str | None) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def lineage_error(uri: str, e: BaseException) -> LineageError:
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return LineageError(
+        f"MLflow at {uri} failed: {type(e).__name__}: {first}; check that the "
+        "store is reachable and writable (for sqlite, the database file and its "
+        "folder), fix `tracking_uri` / MLFLOW_TRACKING_URI, or run with --no-track"
+    )
+
+
 def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(
@@ -48,6 +57,38 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+class LineageError(RuntimeError):
+    """MLflow could not be reached or written; the message says how to fix it."""
+
+
+PROBE_SECONDS = 3.0
+
+
+def probe(uri: str) -> None:
+    """Fail in seconds, not minutes, when a tracking server is not there.
+
+    MLflow retries HTTP calls with back-off for minutes; a TCP connect with a
+    short timeout first, and short request timeouts afterwards, keep a wrong
+    URI from looking like a hang."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), PROBE_SECONDS):
+            pass
+    except OSError as e:
+        raise LineageError(
+            f"MLflow tracking server {uri} is not reachable ({e}); start it, fix "
+            "`tracking_uri` / MLFLOW_TRACKING_URI, or run with --no-track"
+        ) from None
+
+
 class Lineage:
     """MLflow client bound to one experiment and one parent run."""
 
@@ -57,15 +98,21 @@ class Lineage:
         self.root = root
         self.uri = uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = (root / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        probe(uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = (root / "mlartifacts").resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+        except LineageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any backend failure, one message
+            raise lineage_error(uri, e) from e
 
     def parent(self, tags: dict[str, str], reuse: bool) -> str:
         """Find the parent run matching ``tags`` (when ``reuse``) or create one."""

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -122,6 +123,15 @@ def volatile(manifest: dict[str, Any]) -> list[str]:
     return [*manifest.get("plots", []), *manifest.get("reports", [])]
 
 
+def clean_stale(dest: Path) -> None:
+    """Remove ``.tmp-``/``.trash-`` folders a killed run of this node left."""
+    pattern = re.compile(rf"\.(tmp|trash)-{re.escape(dest.name)}-[0-9a-f]{{8}}")
+    if dest.parent.is_dir():
+        for p in dest.parent.iterdir():
+            if pattern.fullmatch(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def _publish(tmp: Path, dest: Path) -> None:
     """Swap ``tmp`` into ``dest`` with renames; the old folder goes last."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +163,7 @@ class Prepared:
     input_fps: dict[str, Any]
     key: str
     decl_hash: str
+    pipeline: str = ""
 
 
 def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
@@ -160,6 +171,7 @@ def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
     node = graph.nodes[name]
     inputs = input_folders(graph, node, layout)
     in_fps = input_fingerprints(inputs)
+    verify_inputs(node, inputs, in_fps)
     return Prepared(
         node,
         load_kind(node.kind),
@@ -167,6 +179,46 @@ def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
         in_fps,
         cache_key(node, in_fps),
         declaration_hash(graph.decl),
+        graph.decl.header.pipeline,
+    )
+
+
+def verify_inputs(node: Node, inputs: dict[str, Any], fps: dict[str, Any]) -> None:
+    """Each input folder still holds what its manifest recorded (a truncated or
+    edited file is caught here, before the stage loads it)."""
+    for field, value in inputs.items():
+        paths = value if isinstance(value, list) else [value]
+        recorded = fps[field] if isinstance(value, list) else [fps[field]]
+        for path, fp in zip(paths, recorded, strict=True):
+            man = read_manifest(path) or {}
+            now = folder_fingerprint(path, volatile(man))
+            if now != fp:
+                raise StageError(
+                    f"stage '{node.name}': input '{field}' ({path}) changed since it "
+                    f"was written (fingerprint {now}, recorded {fp}): a file is "
+                    f"damaged or was edited; restore it with `dvc checkout {path}` "
+                    f"or re-run `carp stage {path.name}`"
+                )
+
+
+def check_owner(graph: Graph, layout: Layout, names: list[str] | None = None) -> None:
+    """Refuse to overwrite outputs another pipeline (by name) made in this
+    checkout: all declarations share ``artifacts/<node>``."""
+    mine = graph.decl.header.pipeline
+    clash = []
+    for name in names if names is not None else list(graph.nodes):
+        theirs = (read_manifest(layout.out(name)) or {}).get("pipeline")
+        if theirs is not None and theirs != mine:
+            clash.append((name, theirs))
+    if not clash:
+        return
+    shown = ", ".join(f"{ARTIFACTS}/{n} ({p!r})" for n, p in clash[:8])
+    more = f" and {len(clash) - 8} more" if len(clash) > 8 else ""
+    raise StageError(
+        f"pipeline {mine!r} ({graph.decl.source}) would overwrite outputs made by "
+        f"another pipeline: {shown}{more}. Run it in its own checkout (e.g. "
+        "`git worktree add ../other` or `cd` to a copy), or delete those folders "
+        "to replace them"
     )
 
 
@@ -231,6 +283,7 @@ def execute(prep: Prepared, layout: Layout, tmp: Path, stage: Any) -> StageResul
         "inputs": prep.input_fps,
         "input_nodes": node.inputs,
         "declaration": prep.decl_hash,
+        "pipeline": prep.pipeline,
         "versions": versions(),
         "plots": result.plots,
         "reports": result.reports,
@@ -262,6 +315,7 @@ def run_node(
     from the same cache key is kept and the stage is skipped (the Prefect path;
     DVC decides staleness itself).
     """
+    check_owner(graph, layout, [name])
     prep = prepare(graph, name, layout)
     out = layout.out(name)
     if not force and is_current(layout, prep.node, prep.key):
@@ -273,6 +327,8 @@ def run_node(
         for k, v in prep.node.params.model_dump(mode="json").items()
     }
     stage = run.stage(name, tags, params)
+    clean_stale(out)
+    clean_stale(layout.report(name))
     tmp = out.with_name(f".tmp-{name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     t0 = time.time()
@@ -331,15 +387,23 @@ def open_lineage(graph: Graph, layout: Layout, reuse: bool) -> Any:
     declaration hash + git commit (+ DVC experiment); the Prefect flow opens a
     new parent for each flow run.
     """
-    from pipelines.lineage import Lineage, git_commit, tracking_uri
+    from pipelines.lineage import (
+        Lineage,
+        LineageError,
+        git_commit,
+        lineage_error,
+        tracking_uri,
+    )
+    from pipelines.spec import check_tracking_uri
 
     hdr = graph.decl.header
     home = layout.home
-    lineage = Lineage(
-        home,
-        hdr.experiment or f"carp-{hdr.pipeline}",
-        tracking_uri(home, hdr.tracking_uri),
-    )
+    uri = tracking_uri(home, hdr.tracking_uri)
+    try:
+        check_tracking_uri(uri)
+    except ValueError as e:
+        raise LineageError(f"MLFLOW_TRACKING_URI: {e}") from None
+    lineage = Lineage(home, hdr.experiment or f"carp-{hdr.pipeline}", uri)
     tags = {
         "carp.pipeline": hdr.pipeline,
         "carp.decl_hash": declaration_hash(graph.decl),
@@ -347,4 +411,7 @@ def open_lineage(graph: Graph, layout: Layout, reuse: bool) -> Any:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
-    return lineage.bind(lineage.parent(tags, reuse=reuse))
+    try:
+        return lineage.bind(lineage.parent(tags, reuse=reuse))
+    except Exception as e:  # noqa: BLE001 - any backend failure, one message
+        raise lineage_error(uri, e) from e

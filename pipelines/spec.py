@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.contract import RegistryError, StageParams, UnknownName
 from pipelines.kinds import KINDS, load_kind
 
-STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # fullmatch: no "\n"
+MAX_NODE_NAME = 160  # stage@variant: a folder name, with room for .tmp-/.trash-
+URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
 ENGINE_KEYS = ("kind", "matrix", "seeds")
 
 
@@ -30,21 +32,55 @@ class PipelineHeader(BaseModel):
 
     pipeline: str = Field(..., description="Pipeline name (MLflow experiment, flow).")
     description: str | None = Field(None, description="Free text.")
-    seed: int = Field(0, description="Default seed of every stage.")
+    seed: int = Field(0, strict=True, description="Default seed of every stage.")
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default sqlite:///mlflow.db at root."
+        None,
+        description="MLflow tracking URI (sqlite:///, file:///, http(s)://, "
+        "postgresql://, mysql://, mssql://, databricks); default "
+        "sqlite:///mlflow.db at the root.",
     )
     experiment: str | None = Field(
         None, description="MLflow experiment name; default 'carp-<pipeline>'."
     )
     max_parallel: int | None = Field(
         None,
+        strict=True,
         ge=1,
         le=1024,
         description="Prefect flow: most nodes run at once; default one per two "
         "CPU cores (at least 1). `carp run --max-parallel N` overrides it.",
     )
     stages: dict[str, Any] = Field(..., description="Named stages, in any order.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_tracking_uri(v)
+        return v
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse a tracking URI MLflow would misread (it takes any string as a
+    folder); ``ValueError`` names the accepted forms."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    ok = not re.search(r"\s", uri) and (
+        uri.startswith("sqlite:///")
+        or (scheme == "file" and parts.path.startswith("/"))
+        or (scheme in ("http", "https") and bool(parts.hostname))
+        or (scheme in URI_SCHEMES[4:] and bool(parts.netloc))
+        or scheme == "databricks"
+        or uri == "databricks"
+    )
+    if not ok:
+        raise ValueError(
+            f"not an MLflow tracking URI: {uri!r}; use sqlite:///<file>.db, "
+            "file:///<abs folder>, http(s)://host:port, postgresql://..., "
+            "mysql://..., mssql://... or databricks"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,19 +132,143 @@ def did_you_mean(name: str, options: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a declaration file with ``yaml.safe_load``; errors name the file."""
+# Bounds on what a declaration may expand to, so a hostile file cannot make
+# validation (or the declaration hash a stage computes) hang or eat memory.
+MAX_DEPTH = 64  # nested mappings/lists
+MAX_NODES = 200_000  # YAML nodes after alias expansion
+MAX_FILE_BYTES = 4 << 20
+
+
+class _Refused(Exception):
+    """A declaration shape carp does not load (depth, size, duplicate keys)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _check_events(text: str) -> None:
+    """Nesting depth, from the parser's event stream (iterative, unlike the
+    composer, so a 5000-deep file cannot exhaust the Python stack)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                raise _Refused(
+                    f"line {line}",
+                    f"nested more than {MAX_DEPTH} levels deep; a declaration "
+                    "needs a handful",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _key_text(node: yaml.Node) -> str:
+    return node.value if isinstance(node, yaml.ScalarNode) else "<complex key>"
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Duplicate keys at any level, and the size after alias expansion (an
+    alias counts as a full copy of what it names, as validation will see it)."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    active: set[int] = set()
+    while stack:
+        node, path, done = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            size[id(node)] = 1
+            continue
+        if done:
+            active.discard(id(node))
+            kids = _children(node)
+            total = 1 + sum(size[id(k)] for k, _ in kids)
+            if total > MAX_NODES:
+                raise _Refused(
+                    path or "<root>",
+                    f"expands to more than {MAX_NODES:,} values (YAML aliases); "
+                    "write the values out or use fewer aliases",
+                )
+            size[id(node)] = total
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in active:
+            raise _Refused(path or "<root>", "a YAML alias refers to itself")
+        active.add(id(node))
+        stack.append((node, path, True))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, _ in node.value:
+                key = _key_text(k)
+                if key != "<<" and key in seen:
+                    line = k.start_mark.line + 1 if k.start_mark else 0
+                    where = f"{path}.{key}" if path else key
+                    raise _Refused(
+                        where,
+                        f"duplicate key '{key}' (line {line}); a later value would "
+                        "silently replace the earlier one — keep one",
+                    )
+                seen.add(key)
+        for child, cpath in _children(node):
+            if id(child) not in size:
+                stack.append((child, cpath if not path else f"{path}.{cpath}", False))
+
+
+def _children(node: yaml.Node) -> list[tuple[yaml.Node, str]]:
+    if isinstance(node, yaml.SequenceNode):
+        return [(v, f"[{i}]") for i, v in enumerate(node.value)]
+    out = []
+    for k, v in node.value:
+        out += [(k, _key_text(k)), (v, _key_text(k))]
+    return out
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with bounds: depth, alias expansion, duplicate keys."""
+    _check_events(text)
+    loader = yaml.SafeLoader(text)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a declaration file with bounded ``yaml.safe_load``; errors name the file."""
+    try:
+        data = Path(path).read_bytes()
     except OSError as e:
         raise DeclarationError(str(path), [Issue("<file>", str(e))]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DeclarationError(
+            str(path), [Issue("<file>", f"larger than {MAX_FILE_BYTES >> 20} MiB")]
+        )
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DeclarationError(
+            str(path),
+            [Issue("<file>", f"not UTF-8 text (byte {e.start}); save it as UTF-8")],
+        ) from None
+    try:
+        raw = parse_yaml(text)
+    except _Refused as e:
+        raise DeclarationError(str(path), [Issue(e.where, str(e))]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "<file>"
         raise DeclarationError(
             str(path), [Issue(where, f"invalid YAML: {e}")]
+        ) from None
+    except RecursionError:
+        raise DeclarationError(
+            str(path), [Issue("<file>", "too deeply nested to read")]
         ) from None
     if not isinstance(raw, dict):
         raise DeclarationError(str(path), [Issue("<root>", "must be a mapping")])
@@ -212,6 +372,59 @@ def _label(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", str(value)).strip("_") or "x"
 
 
+def _is_number_type(annotation: Any) -> bool:
+    """int/float, or a union of them with None (``int | None``)."""
+    import types
+    import typing
+
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
+def _bool_issues(
+    values: dict[str, Any], cls: type[BaseModel], path: str
+) -> list[Issue]:
+    """``seed: true`` where a number is meant (pydantic would read it as 1)."""
+    out = []
+    for key, value in values.items():
+        info = cls.model_fields.get(key)
+        if info is None:
+            continue
+        ann = info.annotation
+        if isinstance(value, bool) and _is_number_type(ann):
+            out.append(Issue(f"{path}.{key}", f"a number is needed, not {value}"))
+        elif (
+            isinstance(value, dict)
+            and isinstance(ann, type)
+            and issubclass(ann, BaseModel)
+        ):
+            out += _bool_issues(value, ann, f"{path}.{key}")
+    return out
+
+
+def non_finite(raw: Any) -> list[Issue]:
+    """Every ``.inf`` / ``.nan`` in a declaration, by YAML path (iterative)."""
+    import math
+
+    out = []
+    stack: list[tuple[Any, str]] = [(raw, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(
+                Issue(path or "<root>", f"{value} is not a finite number; give one")
+            )
+        elif isinstance(value, dict):
+            stack += [(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return sorted(out, key=lambda i: i.path)
+
+
 def _method_classes(
     name: str, body: dict[str, Any], issues: list[Issue]
 ) -> dict[str, type[StageParams]] | None:
@@ -254,12 +467,12 @@ def _validate_stage(
     name: str, body: Any, seed: int, issues: list[Issue]
 ) -> StageDecl | None:
     path = f"stages.{name}"
-    if not STAGE_NAME.match(name):
+    if not STAGE_NAME.fullmatch(name):
         issues.append(
             Issue(
-                path,
-                "stage names start with a letter and use only "
-                "letters, digits, '_' and '-' ('@' marks variants)",
+                path.replace("\n", "\\n"),
+                f"bad stage name {name!r}: 1-64 characters, starting with a letter, "
+                "only letters, digits, '_' and '-' ('@' marks variants)",
             )
         )
     if not isinstance(body, dict):
@@ -294,6 +507,10 @@ def _validate_stage(
         if values.get("seed") is None:
             values["seed"] = seed
         cls = classes[str(values["method"])]
+        for issue in _bool_issues(values, cls, path):
+            if str(issue) not in seen:
+                seen.add(str(issue))
+                issues.append(issue)
         try:
             variants.append((label, cls.model_validate(values)))
         except ValidationError as err:
@@ -375,28 +592,37 @@ def upstream_names(decl: StageDecl) -> list[str]:
 
 
 def topo_order(stages: dict[str, StageDecl], issues: list[Issue]) -> list[str]:
-    """Stage names in dependency order (declaration order among equals)."""
+    """Stage names in dependency order (declaration order among equals).
+
+    Depth-first with an explicit stack: a 2,000-stage chain declared in reverse
+    must not exhaust Python's recursion limit."""
     order: list[str] = []
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = trail[trail.index(name) :] + [name]
-            issues.append(
-                Issue(f"stages.{name}", "dependency cycle: " + " -> ".join(cycle))
-            )
-            return
-        state[name] = 1
-        for up in upstream_names(stages[name]):
-            if up in stages:
-                visit(up, trail + [name])
-        state[name] = 2
-        order.append(name)
-
-    for name in stages:
-        visit(name, [])
+    state: dict[str, int] = {}  # 1: on the current path, 2: placed
+    end = object()
+    for root in stages:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        todo = [iter(upstream_names(stages[root]))]
+        while todo:
+            up = next(todo[-1], end)
+            if up is end:
+                name = path.pop()
+                todo.pop()
+                state[name] = 2
+                order.append(name)
+            elif up not in stages or state.get(up) == 2:
+                continue
+            elif state.get(up) == 1:
+                cycle = path[path.index(up) :] + [up]
+                issues.append(
+                    Issue(f"stages.{up}", "dependency cycle: " + " -> ".join(cycle))
+                )
+            else:
+                state[up] = 1
+                path.append(up)
+                todo.append(iter(upstream_names(stages[up])))
     return order
 
 
@@ -413,7 +639,7 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
     stages_raw = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
     if header is not None and not stages_raw:
         issues.append(Issue("stages", "declare at least one stage"))
-    seed = raw.get("seed", 0) if isinstance(raw.get("seed"), int) else 0
+    seed = raw.get("seed", 0) if type(raw.get("seed")) is int else 0
     stages: dict[str, StageDecl] = {}
     for name, body in stages_raw.items():
         decl = _validate_stage(str(name), body, seed, issues)
@@ -425,10 +651,53 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
     }
     _check_inputs(stages, kinds, issues)
     topo_order(stages, issues)
+    bad_numbers = non_finite(raw)
+    if bad_numbers:  # range checks say the same less clearly: keep this one
+        paths = {i.path for i in bad_numbers}
+        issues = bad_numbers + [i for i in issues if i.path not in paths]
     if issues:
         raise DeclarationError(source, issues)
     assert header is not None
     return Declaration(header, stages, raw, source)
+
+
+def local_path_issues(decl: Declaration, root: Path | None = None) -> list[Issue]:
+    """Local files and folders a declaration names (fields marked
+    ``json_schema_extra={"carp_path": "dir" | "file"}``: a pretrained checkpoint,
+    a DeepSpeed hostfile) exist and are of the right sort. Checked by the CLI
+    before anything runs, not by :func:`validate`, so a declaration for another
+    machine still validates as a document."""
+    base = Path.cwd() if root is None else Path(root)
+    out: list[Issue] = []
+    seen: set[str] = set()
+    for decl_stage in decl.stages.values():
+        for _, params in decl_stage.variants:
+            todo: list[tuple[BaseModel, str]] = [(params, f"stages.{decl_stage.name}")]
+            while todo:
+                model, path = todo.pop()
+                for field, info in type(model).model_fields.items():
+                    value = getattr(model, field)
+                    if isinstance(value, BaseModel):
+                        todo.append((value, f"{path}.{field}"))
+                        continue
+                    extra = info.json_schema_extra
+                    want = extra.get("carp_path") if isinstance(extra, dict) else None
+                    if want is None or not isinstance(value, str):
+                        continue
+                    target = (base / Path(value).expanduser()).resolve()
+                    if not target.exists():
+                        msg = f"{value} does not exist"
+                    elif want == "dir" and not target.is_dir():
+                        msg = f"{value} is a file; give the folder"
+                    elif want == "file" and not target.is_file():
+                        msg = f"{value} is not a file"
+                    else:
+                        continue
+                    issue = Issue(f"{path}.{field}", msg)
+                    if str(issue) not in seen:
+                        seen.add(str(issue))
+                        out.append(issue)
+    return out
 
 
 def load(path: Path | str) -> Declaration:

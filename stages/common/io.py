@@ -85,11 +85,31 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
     return n
 
 
+class CorruptDataError(ValueError):
+    """A data file that does not parse; the message names the file and line."""
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """Records of a JSONL file; a bad line raises :class:`CorruptDataError`
+    naming the file and its 1-based line number."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CorruptDataError(
+                    f"{path}:{number}: corrupt JSONL line ({e}); restore the file "
+                    "(`dvc checkout`) or re-run the stage that wrote it"
+                ) from None
+            if not isinstance(rec, dict):
+                raise CorruptDataError(
+                    f"{path}:{number}: a JSONL record must be an object, got "
+                    f"{type(rec).__name__}"
+                )
+            yield rec
 
 
 def write_dataset(

@@ -22,7 +22,11 @@ class Params(StageParams):
     """A local checkpoint folder and how it is brought in."""
 
     method: str = Field(DEFAULT_METHOD, description="Where the checkpoint comes from.")
-    path: str = Field(..., description="Local folder of an HF causal-LM checkpoint.")
+    path: str = Field(
+        ...,
+        description="Local folder of an HF causal-LM checkpoint.",
+        json_schema_extra={"carp_path": "dir"},  # checked by `carp validate`
+    )
     link: bool = Field(
         True, description="Symlink files instead of copying them (large models)."
     )

@@ -9,6 +9,7 @@ DeepSpeed in :mod:`stages.common.train.ds_backend`) does backward and step.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -170,6 +171,7 @@ def train(
             "seconds": dt,
         }
         rec.update({k: v / world for k, v in zip(names, packed[2:], strict=True)})
+        _check_finite(rec, cfg)
         history.append(rec)
         if on_step is not None:
             on_step(rec)
@@ -184,7 +186,37 @@ def train(
                 history,
                 cfg.keep_checkpoints,
             )
+    if total and not _params_finite(model):
+        raise NonFiniteError(
+            f"training left non-finite weights after {total} step(s) (lr {cfg.lr}); "
+            "lower `lr` or set `max_grad_norm`; nothing is published"
+        )
     return summarize(history, total)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training diverged (NaN/inf loss, gradient or weights): the stage stops
+    and publishes nothing."""
+
+
+def _check_finite(rec: dict[str, Any], cfg: Any) -> None:
+    """Stop at the first step whose loss or gradient norm is not finite."""
+    grad = rec.get("grad_norm")
+    bad_grad = grad is not None and not math.isfinite(float(grad))
+    if math.isfinite(rec["loss"]) and not bad_grad:
+        return
+    what = f"loss {rec['loss']}" + (f", gradient norm {grad}" if bad_grad else "")
+    raise NonFiniteError(
+        f"training diverged at step {rec['step']}: {what} (lr {cfg.lr}); lower "
+        "`lr`, set `max_grad_norm`, or check the data; nothing is published"
+    )
+
+
+def _params_finite(model: Any) -> bool:
+    import torch
+
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _save(

@@ -22,7 +22,9 @@ class DeepSpeedParams(BaseModel):
     )
     num_nodes: int = Field(1, ge=1, description="Nodes to run on (needs `hostfile`).")
     hostfile: str | None = Field(
-        None, description="DeepSpeed hostfile (`host slots=N` lines) for multi-node."
+        None,
+        description="DeepSpeed hostfile (`host slots=N` lines) for multi-node.",
+        json_schema_extra={"carp_path": "file"},  # checked by `carp validate`
     )
     zero_stage: Literal[1, 2, 3] = Field(
         2,
@@ -62,12 +64,21 @@ class TrainParams(StageParams):
     """Optimisation, batching, precision, checkpointing and launcher fields."""
 
     epochs: float = Field(
-        2.0, gt=0, description="Passes over the data (ignored when `steps` is set)."
+        2.0,
+        gt=0,
+        le=10_000,
+        description="Passes over the data (ignored when `steps` is set); at most "
+        "10,000.",
     )
     steps: int | None = Field(
-        None, ge=1, description="Optimizer steps; overrides `epochs` when set."
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Optimizer steps; overrides `epochs` when set; at most 10^7.",
     )
-    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(
+        5e-4, gt=0, le=1, description="Peak learning rate (AdamW); at most 1."
+    )
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="Learning-rate decay after warmup."
     )
@@ -79,13 +90,16 @@ class TrainParams(StageParams):
         1.0, gt=0, description="Clip the global gradient norm; None = no clipping."
     )
     micro_batch: int = Field(
-        16, ge=1, description="Examples per forward pass per rank."
+        16, ge=1, le=65_536, description="Examples per forward pass per rank."
     )
     grad_accum: int = Field(
-        1, ge=1, description="Micro-batches per optimizer step per rank."
+        1, ge=1, le=65_536, description="Micro-batches per optimizer step per rank."
     )
     max_len: int = Field(
-        256, ge=8, description="Tokens per example (prompt is cut from the left)."
+        256,
+        ge=8,
+        le=1_048_576,
+        description="Tokens per example (prompt is cut from the left).",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
