@@ -1,4 +1,13 @@
-"""Perplexity: token-normalised rolling log-likelihood of ppl.txt (lm-eval style)."""
+"""Perplexity: rolling log-likelihood of ppl.txt (lm-eval style) and answer-only.
+
+``ppl`` is token perplexity over the whole text (prompt and answer tokens of
+every document, lm-eval ``loglikelihood_rolling``); ``ppl_answer`` scores only
+the answer tokens (response + eos, the training labels of ``encode_example``)
+of the world's held-out eval records given their prompts: the part of the text
+a compressed model can get wrong, so it moves more than ``ppl``. Per-record
+answer NLLs go to ``answers/<model>.jsonl`` (for intervals and paired
+differences).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from stages.common.io import write_jsonl
 from stages.evaluate.scoring import continuation_nll, perplexity, rolling_windows
 
 PPL_FILE = "ppl.txt"
 DOC_SEPARATOR = "\n\n"  # stages.world.synthetic.PPL_SEPARATOR
+
+
+def model_files(name: str) -> list[str]:
+    """Files :func:`score` writes for model ``name`` (relative to out_dir)."""
+    return [f"answers/{name}.jsonl"]
 
 
 def documents(world_dir: Path) -> list[str]:
@@ -54,6 +69,42 @@ def rolling_nll(
     return total, count
 
 
+def answer_nll(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    max_len: int,
+    batch_size: int,
+    progress: Any = None,
+) -> list[tuple[float, int]]:
+    """(summed NLL, answer tokens) of each record's response + eos given
+    bos + prompt, exactly the labels recovery trains on (``encode_example``)."""
+    import torch
+
+    from stages.common.text import IGNORE_INDEX, collate, encode_example
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    examples = [encode_example(tokenizer, r, max_len) for r in records]
+    starts = range(0, len(examples), batch_size)
+    if progress is not None:
+        starts = progress(starts, "answer perplexity", total=len(starts))
+    out: list[tuple[float, int]] = []
+    model.eval()
+    for s in starts:
+        b = collate(examples[s : s + batch_size], pad)
+        with torch.no_grad():
+            logits = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+            ).logits
+        logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)  # (B, T-1, V)
+        labels = b["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+        keep = labels != IGNORE_INDEX
+        tok_lp = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        nll = -(tok_lp * keep).sum(-1)  # (B,)
+        out += [(float(v), int(n)) for v, n in zip(nll, keep.sum(-1), strict=True)]
+    return out
+
+
 def score(
     model: Any,
     tokenizer: Any,
@@ -63,7 +114,10 @@ def score(
     out_dir: Path | None = None,
     name: str = "model",
 ) -> dict[str, float]:
-    """``{"ppl": ...}``: each document starts from bos, as in pretraining."""
+    """``ppl`` (each document from bos, as in pretraining) and ``ppl_answer``;
+    writes ``answers/<name>.jsonl`` when ``out_dir`` is set."""
+    from stages.evaluate.exact_match import eval_sets
+
     docs = documents(world_dir)
     toks = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
     prefix = tokenizer.bos_token_id
@@ -73,4 +127,22 @@ def score(
     total, count = rolling_nll(
         model, toks, prefix, pad, params.max_len, params.batch_size, ctx.progress
     )
-    return {"ppl": perplexity(total, count)}
+    records = [
+        r
+        for rs in eval_sets(world_dir, params.max_samples_per_family).values()
+        for r in rs
+    ]
+    nlls = answer_nll(
+        model, tokenizer, records, params.max_len, params.batch_size, ctx.progress
+    )
+    if out_dir is not None:
+        (out_dir / "answers").mkdir(exist_ok=True)
+        rows = [
+            {"id": r["id"], "family": r["family"], "nll": round(v, 9), "tokens": n}
+            for r, (v, n) in zip(records, nlls, strict=True)
+        ]
+        write_jsonl(rows, out_dir / "answers" / f"{name}.jsonl")
+    return {
+        "ppl_answer": perplexity(sum(v for v, _ in nlls), sum(n for _, n in nlls)),
+        "ppl": perplexity(total, count),
+    }

@@ -1,4 +1,5 @@
-"""Evaluation report: markdown table, CSV for ``dvc plots`` and a PNG bar chart."""
+"""Evaluation report: markdown table with intervals and paired differences, CSV
+for ``dvc plots`` and a PNG bar chart with error bars."""
 
 from __future__ import annotations
 
@@ -21,48 +22,115 @@ UNLEARN_ROWS = [
 ]
 
 
-def families_of(results: dict[str, dict[str, float]]) -> list[str]:
-    fams = {k[3:] for res in results.values() for k in res if k.startswith("em/")}
+Results = dict[str, dict[str, float]]
+BOUNDS = ("_lo", "_hi")
+MAX_DIFF_COLUMNS = 6  # more pairs: the table shows each model against the first
+
+
+def families_of(results: Results) -> list[str]:
+    fams = {
+        k[3:]
+        for res in results.values()
+        for k in res
+        if k.startswith("em/") and not k.endswith(BOUNDS)
+    }
     return sorted(fams - {"mean"})
 
 
-def markdown_table(results: dict[str, dict[str, float]], models: list[str]) -> str:
-    """Rows: families, mean EM, perplexity; columns: models in the given order."""
-    rows: list[tuple[str, str, str]] = [
-        (f, f"em/{f}", "{:.3f}") for f in families_of(results)
-    ]
+def cell(res: dict[str, float], key: str, fmt: str, signed: bool = False) -> str:
+    """``0.902 [0.87, 0.93]`` (value and its 95% interval, when there is one);
+    a difference (``signed``) whose interval contains 0 gets ``n.s.``."""
+    if key not in res:
+        return "-"
+    sign = "+" if signed else ""
+    text = f"{res[key]:{sign}{fmt}}"
+    lo, hi = res.get(f"{key}_lo"), res.get(f"{key}_hi")
+    if lo is None or hi is None:
+        return text
+    text += f" [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+    if signed and lo <= 0 <= hi:
+        text += " n.s."
+    return text
+
+
+def _rows(results: Results) -> list[tuple[str, str, str]]:
+    rows = [(f, f"em/{f}", ".3f") for f in families_of(results)]
     if any("em/mean" in r for r in results.values()):
-        rows.append(("**mean EM**", "em/mean", "{:.3f}"))
+        rows.append(("**mean EM**", "em/mean", ".3f"))
+    if any("ppl_answer" in r for r in results.values()):
+        rows.append(("**answer perplexity**", "ppl_answer", ".3f"))
     if any("ppl" in r for r in results.values()):
-        rows.append(("**perplexity**", "ppl", "{:.2f}"))
-    unlearn = sorted({k for r in results.values() for k in r if k in UNLEARN_ROWS})
-    rows += [(k, k, "{:.3f}") for k in sorted(unlearn, key=UNLEARN_ROWS.index)]
-    lines = ["| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+        rows.append(("**perplexity**", "ppl", ".3f"))
+    unlearn = {k for r in results.values() for k in r if k in UNLEARN_ROWS}
+    rows += [(k, k, ".3f") for k in sorted(unlearn, key=UNLEARN_ROWS.index)]
+    return rows
+
+
+def _table(
+    results: Results, columns: list[str], rows: list, signed: bool = False
+) -> list[str]:
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, key, fmt in rows:
-        cells = [
-            fmt.format(results[m][key]) if key in results[m] else "-" for m in models
-        ]
+        cells = [cell(results[c], key, fmt, signed) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(
+    results: Results, models: list[str], diffs: Results | None = None
+) -> str:
+    """Rows: families, mean EM, perplexities (with 95% intervals); columns:
+    models in the given order. Then the paired differences (``b - a`` for
+    models ``a`` before ``b``), each marked ``n.s.`` when its interval holds 0."""
+    lines = _table(results, models, _rows(results))
+    if diffs:
+        shown = [p for p in diffs]
+        if len(shown) > MAX_DIFF_COLUMNS:  # wide sweeps: against the first model
+            shown = [p for p in shown if p.endswith(f"-vs-{models[0]}")]
+        keys = {k for d in diffs.values() for k in d}
+        rows = [r for r in _rows(diffs) if r[1] in keys and r[1] != "ppl"]
+        labels = {p: p.replace("-vs-", " − ") for p in shown}
+        lines += [
+            "",
+            "Paired differences (later − earlier model, same records), 95% "
+            "paired-bootstrap intervals; *n.s.*: the interval contains 0"
+            + ("" if len(shown) == len(diffs) else "; all pairs in metrics.json")
+            + ".",
+            "",
+            *_table(
+                {labels[p]: diffs[p] for p in shown},
+                [labels[p] for p in shown],
+                rows,
+                signed=True,
+            ),
+        ]
+    lines += [
+        "",
+        "Intervals: 95%; Wilson per family, family-stratified bootstrap for the "
+        "mean EM, record bootstrap for answer perplexity.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(
-    results: dict[str, dict[str, float]], models: list[str], path: Path
-) -> None:
-    """Long format ``model,family,em`` (families + ``mean``) for ``dvc plots``."""
+def write_csv(results: Results, models: list[str], path: Path) -> None:
+    """Long format ``model,family,em,em_lo,em_hi`` (families + ``mean``)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["model", "family", "em"])
+        w.writerow(["model", "family", "em", "em_lo", "em_hi"])
         for m in models:
             for fam in [*families_of(results), "mean"]:
-                if f"em/{fam}" in results[m]:
-                    w.writerow([m, fam, f"{results[m][f'em/{fam}']:.6f}"])
+                key = f"em/{fam}"
+                if key in results[m]:
+                    vals = [results[m].get(key + b, results[m][key]) for b in BOUNDS]
+                    w.writerow(
+                        [m, fam, *(f"{v:.6f}" for v in [results[m][key], *vals])]
+                    )
 
 
 def bar_chart(
     results: dict[str, dict[str, float]], models: list[str], path: Path
 ) -> None:
-    """Grouped bars: per-family exact match, one bar per model."""
+    """Grouped bars: per-family exact match with 95% intervals, one bar per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,8 +143,14 @@ def bar_chart(
     )
     for i, m in enumerate(models):
         ys = [results[m].get(f"em/{f}", 0.0) for f in fams]
+        los = [results[m].get(f"em/{f}_lo", y) for f, y in zip(fams, ys, strict=True)]
+        his = [results[m].get(f"em/{f}_hi", y) for f, y in zip(fams, ys, strict=True)]
+        err = [
+            [max(y - lo, 0.0) for y, lo in zip(ys, los, strict=True)],
+            [max(hi - y, 0.0) for y, hi in zip(ys, his, strict=True)],
+        ]
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(fams))]
-        ax.bar(xs, ys, width, label=m)
+        ax.bar(xs, ys, width, label=m, yerr=err, capsize=2, ecolor="0.3")
     ax.set_xticks(range(len(fams)), fams, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("exact match")

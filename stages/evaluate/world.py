@@ -1,7 +1,10 @@
 """World evaluation: every model on a world's held-out sets with carp's suites
-(per-family exact match, rolling perplexity); a markdown table, a CSV and a chart.
+(per-family exact match, rolling and answer-only perplexity) with 95% intervals
+and paired differences between models (``stages.evaluate.compare``); a markdown
+table, a CSV and a chart.
 
-Writes ``table.md``, ``results.csv``, ``em.png`` and ``predictions/<model>.jsonl``.
+Writes ``table.md``, ``results.csv``, ``em.png``, ``predictions/<model>.jsonl``
+and ``answers/<model>.jsonl``.
 """
 
 from __future__ import annotations
@@ -86,8 +89,15 @@ def _tokenizer(model_dir: Path, world_dir: Path) -> Any:
 
 
 def result_key(params: Params, model_fp: str, world_fp: str) -> str:
-    """Key of a cached per-model result: params + both inputs' fingerprints."""
-    blob = params.model_dump_json(exclude={"models"}) + f"|{model_fp}|{world_fp}"
+    """Key of a cached per-model result: params, both inputs' fingerprints and
+    the code of the suites that produce it (a changed suite re-scores)."""
+    from pipelines.code import code_files, code_version
+
+    root = Path(__file__).resolve().parents[2]
+    suites = [SUITES.target(s) for s in params.suites]
+    code = code_version(code_files(suites, root), root)
+    blob = params.model_dump_json(exclude={"models"})
+    blob += f"|{model_fp}|{world_fp}|{code}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,7 +116,7 @@ def score_model(
     files = _model_files(params, model_dir.name)
     if cache is not None and cache.exists():
         for rel in files:
-            saved = cache.with_name(f"{cache.stem}.{Path(rel).name}")
+            saved = cache.with_name(f"{cache.stem}.{rel.replace('/', '.')}")
             if out_dir is not None and saved.exists():
                 (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(saved, out_dir / rel)
@@ -125,7 +135,7 @@ def score_model(
         cache.parent.mkdir(parents=True, exist_ok=True)
         for rel in files:
             if out_dir is not None and (out_dir / rel).exists():
-                saved = cache.with_name(f"{cache.stem}.{Path(rel).name}")
+                saved = cache.with_name(f"{cache.stem}.{rel.replace('/', '.')}")
                 shutil.copy2(out_dir / rel, saved)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(res))
@@ -160,7 +170,9 @@ def _cache_file(
 def evaluate(
     params: Params, inputs: dict[str, Any], out_dir: Path, ctx: RunContext
 ) -> StageResult:
-    """Score every model, then write the table, CSV and chart."""
+    """Score every model, add intervals and paired differences, then write the
+    table, CSV and chart."""
+    from stages.evaluate.compare import compare
     from stages.evaluate.report import bar_chart, markdown_table, write_csv
 
     world = Path(inputs["data"])
@@ -177,7 +189,8 @@ def evaluate(
         if relate is not None and params.oracle is not None:
             oracle = next((n for n in names if n == params.oracle), None)
             results = relate(results, oracle)
-    table = markdown_table(results, names)
+    diffs = compare(out_dir, names, results, ctx.seed)
+    table = markdown_table(results, names, diffs)
     (out_dir / "table.md").write_text(table)
     plots = []
     if "exact_match" in params.suites:
@@ -185,6 +198,8 @@ def evaluate(
         bar_chart(results, names, out_dir / "em.png")
         plots = ["results.csv", "em.png"]
     metrics = {
-        f"{m}/{k}": float(v) for m, res in results.items() for k, v in res.items()
+        f"{m}/{k}": float(v)
+        for m, res in [*results.items(), *diffs.items()]
+        for k, v in res.items()
     }
     return StageResult(metrics=metrics, plots=plots, summary=table)

@@ -44,7 +44,9 @@ def test_second_run_reads_the_cache_and_writes_the_same_output(
     assert KIND.resumable
     first = KIND.run(params, inputs, tmp_path / "a", ctx(tmp_path / "ck"))
     cached = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert len(cached) == 2 and any(n.endswith(".m.jsonl") for n in cached)
+    assert len(cached) == 3  # result, predictions and answer NLLs
+    assert any(n.endswith(".predictions.m.jsonl") for n in cached)
+    assert any(n.endswith(".answers.m.jsonl") for n in cached)
 
     import stages.common.io as io
 

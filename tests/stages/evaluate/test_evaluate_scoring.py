@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -73,8 +74,8 @@ def test_continuation_nll_equals_hand_log_softmax():
 def test_perplexity_suite_equals_plain_cross_entropy(setup):
     import torch
 
-    from stages.evaluate import Params
     from stages.evaluate import perplexity as suite
+    from stages.evaluate.world import Params
 
     world, tok, model = setup
     docs = suite.documents(world)
@@ -90,15 +91,48 @@ def test_perplexity_suite_equals_plain_cross_entropy(setup):
         )
         total, count = total + ce.item(), count + ids.shape[1] - 1
     want = math.exp(total / count)
-    p = Params(method="perplexity", models=["m"], data="w", batch_size=5)
+    p = Params(models=["m"], data="w", batch_size=5)
     got = suite.score(model, tok, world, p, RunContext())["ppl"]
     assert got == pytest.approx(want, rel=1e-5)
     # short windows roll over each document: same tokens scored, batch-invariant
-    short = Params(method="perplexity", models=["m"], data="w", max_len=8, batch_size=3)
+    short = Params(models=["m"], data="w", max_len=8, batch_size=3)
     one = short.model_copy(update={"batch_size": 1})
     a = suite.score(model, tok, world, short, RunContext())["ppl"]
     b = suite.score(model, tok, world, one, RunContext())["ppl"]
     assert a == pytest.approx(b, rel=1e-6) and math.isfinite(a)
+
+
+def test_answer_perplexity_equals_a_plain_forward_on_answer_tokens(setup, tmp_path):
+    """bos + prompt as context; the answer and eos scored, one record at a time."""
+    import torch
+
+    from stages.common.text import format_prompt, format_response
+    from stages.evaluate import perplexity as suite
+    from stages.evaluate.exact_match import eval_sets
+    from stages.evaluate.world import Params
+
+    world, tok, model = setup
+    recs = [r for rs in eval_sets(world, 3).values() for r in rs]
+    total, count = 0.0, 0
+    for r in recs:
+        prompt = tok(format_prompt(r), add_special_tokens=False)["input_ids"]
+        answer = tok(format_response(r), add_special_tokens=False)["input_ids"]
+        answer = answer + [tok.eos_token_id]
+        ids = torch.tensor([[tok.bos_token_id, *prompt, *answer]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].double()
+        start = 1 + len(prompt)  # first answer token's position
+        ce = torch.nn.functional.cross_entropy(
+            logits[start - 1 : -1], ids[0, start:], reduction="sum"
+        )
+        total, count = total + ce.item(), count + len(answer)
+    p = Params(models=["m"], data="w", batch_size=4, max_samples_per_family=3)
+    got = suite.score(model, tok, world, p, RunContext(), tmp_path, "m")
+    assert got["ppl_answer"] == pytest.approx(math.exp(total / count), rel=1e-6)
+    rows = [json.loads(x) for x in (tmp_path / "answers" / "m.jsonl").open()]
+    assert [r["id"] for r in rows] == [r["id"] for r in recs]
+    assert sum(r["tokens"] for r in rows) == count
+    assert sum(r["nll"] for r in rows) == pytest.approx(total, rel=1e-6)
 
 
 def test_batched_left_padded_generation_equals_one_by_one(setup):

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipelines.contract import RunContext  # noqa: E402
-from stages.evaluate import METHODS, Params, run  # noqa: E402
+from stages.evaluate import METHODS, run  # noqa: E402
+from stages.evaluate.world import Params  # noqa: E402
 
 FAMILIES = ["add", "facts", "reverse"]
 
@@ -40,34 +41,44 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
 
 def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     world, models = folders
-    params = Params(method="exact_match", models=["prune", "base"], data="world")
+    params = Params(models=["prune", "base"], data="world")
     res = run(params, {"data": world, "models": models}, tmp_path, RunContext())
     fams = FAMILIES
+    headline = [*(f"em/{f}" for f in fams), "em/mean", "ppl_answer"]
     for m in ("prune", "base"):
-        assert {f"{m}/em/{f}" for f in fams} | {f"{m}/em/mean", f"{m}/ppl"} == {
-            k for k in res.metrics if k.startswith(f"{m}/")
-        }
+        keys = {f"{m}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")}
+        assert keys | {f"{m}/ppl"} == {k for k in res.metrics if k.startswith(f"{m}/")}
+        for k in headline:
+            lo, v, hi = (res.metrics[f"{m}/{k}{b}"] for b in ("_lo", "", "_hi"))
+            assert lo <= v <= hi
+    pair = "base-vs-prune"  # later minus earlier model, paired on the records
+    assert {k for k in res.metrics if k.startswith(pair)} == {
+        f"{pair}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")
+    }
     table = (tmp_path / "table.md").read_text()
     assert res.summary == table
     lines = table.splitlines()
     assert lines[0] == "| | prune | base |"  # columns in the given order
-    assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
-        *fams,
-        "**mean EM**",
-        "**perplexity**",
-    ]
+    rows = [*fams, "**mean EM**", "**answer perplexity**", "**perplexity**"]
+    assert [ln.split("|")[1].strip() for ln in lines[2 : 2 + len(rows)]] == rows
+    assert "base − prune" in table and "[" in lines[2]
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * (len(fams) + 1) and rows[0]["model"] == "prune"
+    assert float(rows[0]["em_lo"]) <= float(rows[0]["em"]) <= float(rows[0]["em_hi"])
     assert (tmp_path / "em.png").read_bytes()[:4] == b"\x89PNG"
     assert set(res.plots) == {"results.csv", "em.png"}
     assert (tmp_path / "predictions" / "base.jsonl").exists()
+    assert (tmp_path / "answers" / "base.jsonl").exists()
 
 
-def test_registry_lists_both_suites_and_params_validate():
-    assert METHODS.names() == ["exact_match", "perplexity"]
-    assert METHODS.describe("perplexity") and METHODS.describe("exact_match")
+def test_registry_lists_the_suites_and_params_validate():
+    from stages.evaluate import SUITES
+
+    assert METHODS.names() == ["world"]
+    assert set(SUITES.names()) == {"perplexity", "exact_match", "unlearning"}
+    assert SUITES.describe("perplexity") and SUITES.describe("exact_match")
     with pytest.raises(ValidationError, match="did you mean 'perplexity'"):
-        Params(method="exact_match", models=["a"], data="w", suites=["perplexty"])
+        Params(models=["a"], data="w", suites=["perplexty"])
     with pytest.raises(ValidationError, match="models"):
-        Params(method="exact_match", models=[], data="w")
+        Params(models=[], data="w")
