@@ -43,11 +43,12 @@ def fingerprints(work: Path) -> dict[str, str]:
 
 def timed_flow(work: Path, parallel: int) -> float:
     """Wall seconds of one flow run with the sweep's outputs removed first
-    (world/base/prune/select stay current and are skipped)."""
+    (world/base/prune/select stay current and are skipped) and their
+    checkpoints too, so every run trains from scratch."""
     from flows.pipeline import run_pipeline
 
-    for p in sweep_nodes(work):
-        shutil.rmtree(p)
+    for p in [*sweep_nodes(work), *(work / "checkpoints").glob("recover@*")]:
+        shutil.rmtree(p)  # no resume from the previous run's checkpoints
     t0 = time.perf_counter()
     report = run_pipeline(str(DECL), work, track=False, max_parallel=parallel)
     seconds = time.perf_counter() - t0

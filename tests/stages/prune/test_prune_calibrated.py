@@ -173,13 +173,18 @@ def test_sparsegpt_stage_updates_kept_weights(tiny_model_dir, calib_dir, tmp_pat
     assert res.extra_manifest["calibration"]["nsamples"] == 8
 
 
-def test_missing_calibration_is_a_clear_error(tiny_model_dir, tmp_path):
-    from stages.prune.wanda import Params
+def test_missing_calibration_is_a_clear_error():
+    from pipelines.spec import DeclarationError, validate
 
-    out = tmp_path / "o"
-    out.mkdir()
-    with pytest.raises(ValueError, match="calib: wanda needs calibration data"):
-        run(Params(model="base"), {"model": tiny_model_dir}, out, RunContext())
+    stages = {
+        "world": {"kind": "world"},
+        "base": {"kind": "pretrain", "data": "world"},
+        "p": {"kind": "prune", "method": "wanda", "model": "base"},
+    }
+    with pytest.raises(DeclarationError) as err:
+        validate({"pipeline": "t", "stages": stages})
+    assert [i.path for i in err.value.issues] == ["stages.p.calib"]
+    assert "calibrate" in err.value.issues[0].message
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

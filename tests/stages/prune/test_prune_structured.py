@@ -34,12 +34,14 @@ def _implied_params(config) -> int:
 def _run(method, model_dir, calib_dir, tmp_path, **kw):
     import importlib
 
-    params = importlib.import_module(f"stages.prune.{method}").Params(
-        model="base", calib="world", **CAL, **kw
-    )
+    cls = importlib.import_module(f"stages.prune.{method}").Params
+    reads_calib = method == "depth" or kw.get("importance") == "taylor"
+    calib = {"calib": "world"} if reads_calib else {}
+    params = cls(model="base", **calib, **CAL, **kw)
     out = tmp_path / method
     out.mkdir()
-    res = run(params, {"model": model_dir, "calib": calib_dir}, out, RunContext())
+    inputs = {"model": model_dir, **({"calib": calib_dir} if reads_calib else {})}
+    res = run(params, inputs, out, RunContext())
     return res, out, load_model(out)
 
 
@@ -157,7 +159,8 @@ def test_structured_params_validation(method, kw, match):
     import importlib
 
     with pytest.raises(ValidationError, match=match):
-        importlib.import_module(f"stages.prune.{method}").Params(model="base", **kw)
+        cls = importlib.import_module(f"stages.prune.{method}").Params
+        cls(model="base", calib="world", **kw)
 
 
 def test_depth_all_blocks_is_a_clear_error(tiny_model_dir, calib_dir, tmp_path):

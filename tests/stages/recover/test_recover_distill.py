@@ -157,5 +157,5 @@ def test_distill_without_teacher_is_refused():
 
     from stages.recover.distill import Params
 
-    with pytest.raises(ValidationError, match="teacher: distill needs"):
+    with pytest.raises(ValidationError, match="teacher\n  Field required"):
         Params(model="sparse", data="data")

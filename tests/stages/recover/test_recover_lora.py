@@ -72,7 +72,7 @@ def test_lora_stage_keeps_mask_and_writes_adapter(tiny, tmp_path):
     from safetensors.torch import load_file
 
     from stages.common.io import load_masks
-    from stages.recover import provides, run
+    from stages.recover import KIND, run
     from stages.recover.lora import Params
 
     params = Params(
@@ -83,7 +83,7 @@ def test_lora_stage_keeps_mask_and_writes_adapter(tiny, tmp_path):
         target_modules=["q_proj", "v_proj", "down_proj"],
         save_adapter=True,
     )
-    assert provides(params) == {"model", "adapter"}
+    assert KIND.outputs(params) == {"model", "adapter"}
     out = tmp_path / "out"
     out.mkdir()
     res = run(

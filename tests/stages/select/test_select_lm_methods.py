@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from pipelines.contract import RunContext
 from stages.common.io import read_dataset, write_dataset
@@ -140,17 +141,12 @@ def test_jsd_zero_for_identical_models(world, tmp_path):
 
 def test_models_required(world, tmp_path):
     root, _ = world
-    p = paser_m.Params(pool="world", model="prune", budget=5)
-    with pytest.raises(ValueError, match="reference: method 'paser' needs"):
-        run(
-            p,
-            {"pool": root / "world", "model": root / "prune"},
-            tmp_path / "x",
-            RunContext(),
-        )
-    q = ppl_m.Params(pool="world", budget=5)
-    with pytest.raises(ValueError, match="model: method 'perplexity' needs"):
-        run(q, {"pool": root / "world"}, tmp_path / "y", RunContext())
+    with pytest.raises(ValidationError, match="reference\n  Field required"):
+        paser_m.Params(pool="world", model="prune", budget=5)
+    with pytest.raises(ValidationError, match="model\n  Field required"):
+        ppl_m.Params(pool="world", budget=5)
+    assert set(paser_m.Params.input_fields()) == {"pool", "model", "reference"}
+    assert set(ppl_m.Params.input_fields()) == {"pool", "model"}
 
 
 def test_perplexity_takes_highest_loss(world, tmp_path):

@@ -46,7 +46,7 @@ def train(world: Path, out: Path, **kw: object):
     params = pretrain.METHODS.load("llama").Params(data="world", **{**MICRO, **kw})
     out.mkdir()
     logged: list[tuple[int, dict[str, float]]] = []
-    ctx = RunContext(log_fn=lambda m, s: logged.append((s, m)))
+    ctx = RunContext(seed=params.seed or 0, log_fn=lambda m, s: logged.append((s, m)))
     return pretrain.run(params, {"data": world}, out, ctx), logged
 
 
