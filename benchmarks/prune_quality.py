@@ -206,9 +206,13 @@ def main() -> None:
     ]
     print(f"base: ppl {rows[0]['ppl']:.3f} em {rows[0]['em/mean']:.3f}", flush=True)
     for label, method, kw in MASK_CONFIGS + structured_configs(base, args.removed):
-        params = METHODS.load(method).Params(
+        cls = METHODS.load(method).Params
+        reads = "calib" in cls.model_fields and (
+            cls.model_fields["calib"].is_required() or kw.get("importance") == "taylor"
+        )
+        params = cls(
             model="base",
-            calib="world",
+            **({"calib": "world"} if reads else {}),
             nsamples=args.nsamples,
             seqlen=args.seqlen,
             **kw,
@@ -216,7 +220,8 @@ def main() -> None:
         name = label.replace(" ", "_").translate(str.maketrans("", "", "%:()"))
         out = pruned_dir / name
         t0 = time.perf_counter()
-        build("stages.prune", params, {"model": base, "calib": world}, out)
+        inputs = {"model": base, **({"calib": world} if reads else {})}
+        build("stages.prune", params, inputs, out)
         metrics = json.loads((out / "metrics.json").read_text())
         rows.append(
             {
