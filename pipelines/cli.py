@@ -155,6 +155,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from stages.evaluate.html import write_pipeline_report
+
+    page = write_pipeline_report(graph, layout, Path(args.html))
+    print(f"HTML report: {page}")
     from pipelines.lineage import tracking_uri
 
     uri = tracking_uri(layout.home, graph.decl.header.tracking_uri)
@@ -235,8 +239,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("kind", nargs="?", default=None)
     s.set_defaults(fn=cmd_methods)
 
-    s = sub.add_parser("report", help="print the evaluation tables")
+    s = sub.add_parser(
+        "report", help="print the evaluation tables, write the HTML report"
+    )
     s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument(
+        "--html",
+        default="reports/report.html",
+        help="self-contained HTML page (default: %(default)s)",
+    )
     s.set_defaults(fn=cmd_report)
     return p
 
