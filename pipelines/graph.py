@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import StageParams
-from pipelines.spec import Declaration, Issue, topo_order
+from pipelines.spec import (
+    MAX_NODE_NAME,
+    Declaration,
+    DeclarationError,
+    Issue,
+    topo_order,
+)
 
 # Engine-written files that are not part of an artifact's content.
 META_FILES = frozenset({"carp.json", "metrics.json"})
@@ -122,6 +128,20 @@ def build(decl: Declaration) -> Graph:
         by_stage[sname] = nodes
         for node in nodes:
             graph.nodes[node.name] = node
+    too_long = [n for n in graph.nodes.values() if len(n.name) > MAX_NODE_NAME]
+    if too_long:
+        raise DeclarationError(
+            decl.source,
+            [
+                Issue(
+                    f"stages.{n.stage}",
+                    f"variant name '{n.name[:40]}...' is too long ({len(n.name)} > "
+                    f"{MAX_NODE_NAME} characters, it names a folder); use shorter "
+                    "matrix values or stage names",
+                )
+                for n in too_long[:5]
+            ],
+        )
     return graph
 
 

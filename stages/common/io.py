@@ -16,17 +16,30 @@ DATA_FILE = "data.jsonl"
 DATASET_META = "dataset.json"
 
 
+class CorruptDataError(ValueError):
+    """A model or data file that does not load; the message names the file
+    (and, for JSONL, the line)."""
+
+
 def load_model(path: Path, dtype: Any = None, trust_remote_code: bool = False) -> Any:
     """Load an HF causal LM from a local folder (no hub access)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=dtype or torch.float32,
-        trust_remote_code=trust_remote_code,
-        local_files_only=True,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=dtype or torch.float32,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+        )
+    except Exception as e:  # noqa: BLE001 - safetensors has its own types
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CorruptDataError(
+            f"{path}: cannot load the model ({type(e).__name__}: {first}); check "
+            "that config.json and *.safetensors are complete (a truncated copy? "
+            "`dvc checkout` restores a tracked one)"
+        ) from e
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
@@ -83,10 +96,6 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
             f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
             n += 1
     return n
-
-
-class CorruptDataError(ValueError):
-    """A data file that does not parse; the message names the file and line."""
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

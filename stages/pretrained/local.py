@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.contract import StageResult
+from stages.common.io import CorruptDataError
 from stages.pretrained import WEIGHT_SUFFIXES
 from stages.pretrained import Params as _Base
 
@@ -27,6 +28,8 @@ def bring(params: _Base, out_dir: Path) -> StageResult:
             f"path: {src} holds only pickle (.bin) weights; carp reads safetensors "
             "only — convert it first (e.g. save_pretrained(safe_serialization=True))"
         )
+    for f in sorted(src.glob("*.safetensors")):
+        check_safetensors(f)
     n = 0
     for f in sorted(src.iterdir()):
         if f.is_file() and f.suffix in WEIGHT_SUFFIXES:
@@ -44,3 +47,16 @@ def bring(params: _Base, out_dir: Path) -> StageResult:
             "architectures": cfg.get("architectures", []),
         },
     )
+
+
+def check_safetensors(path: Path) -> None:
+    """The header parses and covers the whole file (a truncated copy fails)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types
+        raise CorruptDataError(
+            f"{path}: not a complete safetensors file ({e}); copy the checkpoint again"
+        ) from None
