@@ -581,6 +581,29 @@ def _check_inputs(
                     issues.append(Issue(path, msg))
 
 
+def _check_budgets(stages: dict[str, StageDecl], issues: list[Issue]) -> None:
+    """A record-count ``budget`` larger than its ``pool``, where the pool's size
+    is declared (a world's ``pool_size``): caught now rather than at run time."""
+    for decl in stages.values():
+        for _, params in decl.variants:
+            budget, pool = (
+                getattr(params, "budget", None),
+                getattr(params, "pool", None),
+            )
+            if type(budget) is not int or pool not in stages:
+                continue
+            sizes = [getattr(p, "pool_size", None) for _, p in stages[pool].variants]
+            known = [n for n in sizes if type(n) is int]
+            if known and len(known) == len(sizes) and budget > min(known):
+                issue = Issue(
+                    f"stages.{decl.name}.budget",
+                    f"{budget} records, but pool '{pool}' has {min(known)}; give at "
+                    "most that many, or a fraction such as 0.2",
+                )
+                if str(issue) not in {str(i) for i in issues}:
+                    issues.append(issue)
+
+
 def upstream_names(decl: StageDecl) -> list[str]:
     """Upstream stages any variant of ``decl`` reads, in field order."""
     out: list[str] = []
@@ -650,6 +673,7 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
         for n, b in stages_raw.items()
     }
     _check_inputs(stages, kinds, issues)
+    _check_budgets(stages, issues)
     topo_order(stages, issues)
     bad_numbers = non_finite(raw)
     if bad_numbers:  # range checks say the same less clearly: keep this one

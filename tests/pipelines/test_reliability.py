@@ -161,6 +161,18 @@ CATALOGUE = [
         "line",
         "nested",
     ),
+    (
+        "pipeline: t\nstages:\n  w: {kind: world, pool_size: 90}\n"
+        "  s: {kind: select, method: random, pool: w, budget: 500}\n",
+        "stages.s.budget",
+        "pool 'w' has 90",
+    ),
+    (
+        "pipeline: t\nstages:\n  w: {kind: world, matrix: {pool_size: [90, 1000]}}\n"
+        "  s: {kind: select, method: random, pool: w, budget: 500}\n",
+        "stages.s.budget",
+        "pool 'w' has 90",
+    ),
     ("- a\n- b\n", "<root>", "must be a mapping"),
     ("pipeline: t\nstages:\n  w: {kind: world\n", "line", "invalid YAML"),
     ("pipeline: t\nstages: {}\n", "stages", "at least one stage"),
