@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -248,7 +248,9 @@ class Kind:
     with ``save_adapter: true`` also provides an ``adapter``). ``resumable``
     kinds get a persistent ``checkpoints/<node>`` folder (``ctx.checkpoint_dir``),
     declared ``persist: true`` in dvc.yaml. ``plots``: whether the kind writes
-    plots (dvc.yaml declares ``reports/<node>/plots`` only then). ``retries``:
+    plots (dvc.yaml declares ``reports/<node>/plots`` only then);
+    ``plot_props``: DVC plot properties of that folder (``x``, ``y``,
+    ``template``), the same for every file in it. ``retries``:
     Prefect retries for these params (only where a retry can succeed, e.g. a
     DeepSpeed launch that resumes). ``code(params)``: modules a node runs beyond
     the kind and its method (loaded by name at run time, e.g. evaluation suites),
@@ -264,6 +266,7 @@ class Kind:
     default_method: str | None = None
     resumable: bool = False
     plots: bool = True
+    plot_props: Mapping[str, str] | None = None
     extra_provides: Callable[[Any], Iterable[str]] | None = None
     retries: Callable[[Any], int] | None = None
     code: Callable[[Any], Iterable[str]] | None = None

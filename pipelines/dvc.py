@@ -116,7 +116,8 @@ def _stage_body(node: Node, name: str, decl_file: str, deps: list[str]) -> dict:
         "metrics": [f"{REPORTS}/{name}/metrics.json"],
     }
     if kind.plots:
-        body["plots"] = [f"{REPORTS}/{name}/plots"]
+        folder = f"{REPORTS}/{name}/plots"
+        body["plots"] = [{folder: dict(kind.plot_props)} if kind.plot_props else folder]
     return body
 
 

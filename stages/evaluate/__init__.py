@@ -82,6 +82,8 @@ KIND = Kind(
     provides=frozenset({"metrics"}),
     default_method=DEFAULT_METHOD,
     resumable=True,  # per-model results are cached in ctx.checkpoint_dir
+    # results.csv: one bar per (family, model) row; em.png is shown as an image
+    plot_props={"x": "em", "y": "row", "template": "bar_horizontal"},
     code=suite_modules,
     catalogs=(SUITES,),
 )

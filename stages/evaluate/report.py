@@ -113,18 +113,18 @@ def markdown_table(
 
 
 def write_csv(results: Results, models: list[str], path: Path) -> None:
-    """Long format ``model,family,em,em_lo,em_hi`` (families + ``mean``)."""
+    """Long format ``row,model,family,em,em_lo,em_hi`` (families + ``mean``;
+    ``row`` = ``family/model``, the bar label of ``dvc plots``)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["model", "family", "em", "em_lo", "em_hi"])
+        w.writerow(["row", "model", "family", "em", "em_lo", "em_hi"])
         for m in models:
             for fam in [*families_of(results), "mean"]:
                 key = f"em/{fam}"
                 if key in results[m]:
                     vals = [results[m].get(key + b, results[m][key]) for b in BOUNDS]
-                    w.writerow(
-                        [m, fam, *(f"{v:.6f}" for v in [results[m][key], *vals])]
-                    )
+                    nums = [f"{v:.6f}" for v in [results[m][key], *vals]]
+                    w.writerow([f"{fam}/{m}", m, fam, *nums])
 
 
 def bar_chart(

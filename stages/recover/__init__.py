@@ -103,6 +103,7 @@ KIND = Kind(
     provides=frozenset({"model"}),
     default_method=DEFAULT_METHOD,
     resumable=True,
+    plot_props={"x": "step", "y": "loss"},  # loss.csv (write_curve)
     extra_provides=extra_provides,
     retries=retries,
 )

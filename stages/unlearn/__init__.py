@@ -121,5 +121,6 @@ KIND = Kind(
     provides=frozenset({"model"}),
     default_method=DEFAULT_METHOD,
     resumable=True,
+    plot_props={"x": "step", "y": "loss"},  # loss.csv (write_curve)
     retries=retries,
 )
