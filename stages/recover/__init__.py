@@ -56,9 +56,7 @@ def run(
     (+ masks.safetensors for sparse inputs), a loss curve and metrics."""
     from stages.common.train.launch import execute, make_job, write_curve
 
-    job = make_job(
-        BUILDER, "recover", params, inputs, out_dir, ctx.checkpoint_dir, ctx.seed
-    )
+    job = make_job(BUILDER, "recover", params, inputs, out_dir, ctx)
     result = execute(job, ctx)
     history = result.pop("history")
     plots = write_curve(history, out_dir)

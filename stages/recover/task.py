@@ -5,12 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.common.train.inputs import (  # noqa: F401  (re-exported)
-    NOT_FINGERPRINTED,
-    folder_identity,
-    job_fingerprint,
-    resolve_masks,
-)
+from stages.common.train.inputs import job_fingerprint, resolve_masks
 from stages.common.train.loop import TrainTask
 
 

@@ -70,8 +70,7 @@ def run(
         params,
         inputs,
         out_dir,
-        ctx.checkpoint_dir,
-        ctx.seed,
+        ctx,
         examples_input="forget",
     )
     result = execute(job, ctx)

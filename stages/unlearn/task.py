@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.common.train.inputs import folder_identity, job_fingerprint, resolve_masks
+from stages.common.train.inputs import input_identity, job_fingerprint, resolve_masks
 from stages.common.train.loop import TrainTask
 
 REF_CACHE = "ref_logps-{key}.safetensors"
@@ -147,8 +147,8 @@ def build(job: dict[str, Any], device: str) -> TrainTask:
     key = hashlib.sha256(
         "|".join(
             [
-                folder_identity(model_dir),
-                folder_identity(Path(inputs["forget"])),
+                input_identity(job, "model"),
+                input_identity(job, "forget"),
                 str(params.max_len),
             ]
         ).encode()

@@ -28,10 +28,19 @@ def folder_identity(folder: Path) -> str:
     return h.hexdigest()
 
 
+def input_identity(job: dict[str, Any], name: str) -> str:
+    """Content identity of input ``name``: the fingerprint the engine handed
+    the stage (``ctx.input_fingerprints``), else one read off the folder."""
+    given = (job.get("input_fingerprints") or {}).get(name)
+    if given and not isinstance(given, list):
+        return str(given)
+    return folder_identity(Path(job["inputs"][name]))
+
+
 def job_fingerprint(job: dict[str, Any]) -> str:
     """What a checkpoint must have been made with to be resumed from."""
     params = {k: v for k, v in job["params"].items() if k not in NOT_FINGERPRINTED}
-    ins = {k: folder_identity(Path(v)) for k, v in job["inputs"].items() if v}
+    ins = {k: input_identity(job, k) for k, v in job["inputs"].items() if v}
     blob = json.dumps(
         {"params": params, "inputs": ins, "seed": job["seed"]}, sort_keys=True
     )

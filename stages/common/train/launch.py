@@ -27,11 +27,12 @@ def make_job(
     params: Any,
     inputs: dict[str, Any],
     out_dir: Path,
-    checkpoint_dir: Path | None,
-    seed: int,
+    ctx: RunContext,
     examples_input: str = "data",
 ) -> dict[str, Any]:
-    """The JSON job both launch paths run (paths made absolute).
+    """The JSON job both launch paths run (paths made absolute), with the
+    context's seed, checkpoint folder and the inputs' fingerprints (what a
+    checkpoint must have been made from to be resumed).
 
     ``examples_input``: the input whose ``data.jsonl`` holds one training
     example per record (``data`` for recover, ``forget`` for unlearn); the
@@ -53,8 +54,9 @@ def make_job(
         "params": params.model_dump(mode="json"),
         "inputs": {k: _abs(v) for k, v in inputs.items()},
         "out_dir": str(Path(out_dir).resolve()),
-        "checkpoint_dir": _abs(checkpoint_dir),
-        "seed": int(seed),
+        "checkpoint_dir": _abs(ctx.checkpoint_dir),
+        "seed": int(ctx.seed),
+        "input_fingerprints": dict(ctx.input_fingerprints),
         "examples_input": examples_input,
     }
 
