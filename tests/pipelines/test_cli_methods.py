@@ -11,7 +11,7 @@ from pipelines.cli import main
         ("prune", ["depth", "magnitude", "sparsegpt", "wanda", "width"]),
         ("select", ["full", "ifd", "paser", "perplexity", "random"]),
         ("recover", ["distill", "full", "lora"]),
-        ("evaluate", ["world", "exact_match", "perplexity"]),
+        ("evaluate", ["world", "exact_match", "perplexity", "unlearning"]),
     ],
 )
 def test_methods_lists_every_method(kind, names, capsys):
