@@ -54,28 +54,20 @@ def run(
 ) -> StageResult:
     """Train ``inputs['model']`` on ``inputs['data']``; write an HF checkpoint
     (+ masks.safetensors for sparse inputs), a loss curve and metrics."""
-    from stages.common.train.launch import execute, make_job, write_curve
+    from stages.common.train.launch import run_training
 
-    job = make_job(BUILDER, "recover", params, inputs, out_dir, ctx)
-    result = execute(job, ctx)
-    history = result.pop("history")
-    plots = write_curve(history, out_dir)
-    metrics = {
-        k: float(v)
-        for k, v in result.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    metrics, _, plots, reports = run_training(
+        BUILDER, "recover", params, inputs, out_dir, ctx
+    )
     summary = (
         f"recover/{params.method}: {metrics['steps']:.0f} steps, loss "
         f"{metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}, "
         f"{metrics['train_tokens_per_s']:.0f} tokens/s"
     )
-    from stages.common.train.deepspeed_launch import LOG_FILE
-
     return StageResult(
         metrics=metrics,
         plots=plots,
-        reports=[LOG_FILE] if (out_dir / LOG_FILE).exists() else [],
+        reports=reports,
         summary=summary,
         extra_manifest={
             "recover": {"adapter": bool(getattr(params, "save_adapter", False))}

@@ -62,25 +62,11 @@ def run(
 ) -> StageResult:
     """Unlearn ``inputs['forget']`` from ``inputs['model']``; write an HF
     checkpoint (+ masks.safetensors for sparse inputs), loss curves, metrics."""
-    from stages.common.train.launch import execute, make_job, write_curve
+    from stages.common.train.launch import run_training
 
-    job = make_job(
-        BUILDER,
-        "unlearn",
-        params,
-        inputs,
-        out_dir,
-        ctx,
-        examples_input="forget",
+    metrics, history, plots, reports = run_training(
+        BUILDER, "unlearn", params, inputs, out_dir, ctx, examples_input="forget"
     )
-    result = execute(job, ctx)
-    history = result.pop("history")
-    plots = write_curve(history, out_dir)
-    metrics = {
-        k: float(v)
-        for k, v in result.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
     for key in ("forget_nll", "retain_nll"):
         if history and key in history[0]:
             metrics[f"first_{key}"] = float(history[0][key])
@@ -90,14 +76,7 @@ def run(
         for k in ("forget_nll", "retain_nll")
         if f"first_{k}" in metrics
     )
-    from stages.common.train.deepspeed_launch import LOG_FILE
-
-    return StageResult(
-        metrics=metrics,
-        plots=plots,
-        reports=[LOG_FILE] if (out_dir / LOG_FILE).exists() else [],
-        summary=summary,
-    )
+    return StageResult(metrics=metrics, plots=plots, reports=reports, summary=summary)
 
 
 METHODS = Registry(

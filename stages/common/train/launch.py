@@ -174,3 +174,29 @@ def write_curve(
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def run_training(
+    builder: str,
+    kind: str,
+    params: Any,
+    inputs: dict[str, Any],
+    out_dir: Path,
+    ctx: RunContext,
+    examples_input: str = "data",
+) -> tuple[dict[str, float], list[dict[str, Any]], list[str], list[str]]:
+    """What every training kind's ``run`` does: launch the job, write the loss
+    curve; return (numeric metrics, step history, plots, run reports)."""
+    from stages.common.train.deepspeed_launch import LOG_FILE
+
+    job = make_job(builder, kind, params, inputs, out_dir, ctx, examples_input)
+    result = execute(job, ctx)
+    history = result.pop("history")
+    plots = write_curve(history, out_dir)
+    metrics = {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    reports = [LOG_FILE] if (Path(out_dir) / LOG_FILE).exists() else []
+    return metrics, history, plots, reports
