@@ -183,19 +183,42 @@ def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
     )
 
 
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Relative path -> size of every file of an output (its manifest aside)."""
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _unchanged(path: Path, man: dict[str, Any], fp: str) -> tuple[bool, str]:
+    """Whether an input folder still holds what its manifest recorded: the file
+    list and sizes when the manifest has them (cheap, also for a 13 GB
+    checkpoint; catches truncated and missing files), else the full content
+    fingerprint."""
+    sizes = man.get("sizes")
+    if isinstance(sizes, dict):
+        now = file_sizes(path)
+        bad = sorted(k for k in sizes if now.get(k) != sizes[k])
+        return not bad, f"files {', '.join(bad[:3])} differ in size or are missing"
+    now_fp = folder_fingerprint(path, volatile(man))
+    return now_fp == fp, f"fingerprint {now_fp}, recorded {fp}"
+
+
 def verify_inputs(node: Node, inputs: dict[str, Any], fps: dict[str, Any]) -> None:
     """Each input folder still holds what its manifest recorded (a truncated or
-    edited file is caught here, before the stage loads it)."""
+    lost file is caught here, before the stage loads it)."""
     for field, value in inputs.items():
         paths = value if isinstance(value, list) else [value]
         recorded = fps[field] if isinstance(value, list) else [fps[field]]
         for path, fp in zip(paths, recorded, strict=True):
             man = read_manifest(path) or {}
-            now = folder_fingerprint(path, volatile(man))
-            if now != fp:
+            ok, what = _unchanged(path, man, fp)
+            if not ok:
                 raise StageError(
                     f"stage '{node.name}': input '{field}' ({path}) changed since it "
-                    f"was written (fingerprint {now}, recorded {fp}): a file is "
+                    f"was written ({what}): a file is "
                     f"damaged or was edited; restore it with `dvc checkout {path}` "
                     f"or re-run `carp stage {path.name}`"
                 )
@@ -288,6 +311,7 @@ def execute(prep: Prepared, layout: Layout, tmp: Path, stage: Any) -> StageResul
         "plots": result.plots,
         "reports": result.reports,
         "datasets": result.datasets,
+        "sizes": file_sizes(tmp),
         **result.extra_manifest,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
