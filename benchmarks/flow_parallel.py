@@ -8,7 +8,8 @@ nodes are built once; then the sweep runs under the flow with
 serial / parallel with the spread over repeats, and checks that both runs
 publish identical fingerprints.
 
-    .venv/bin/python benchmarks/flow_parallel.py [--parallel 4] [--repeats 2]
+    .venv/bin/python benchmarks/flow_parallel.py [--parallel 2] [--repeats 2]
+        [--steps 1000]
 
 Writes ``benchmarks/results/flow_parallel/`` (the project folder it runs in) and
 prints a markdown table. About 5 minutes on a 2-core CPU.
@@ -41,7 +42,21 @@ def fingerprints(work: Path) -> dict[str, str]:
     }
 
 
-def timed_flow(work: Path, parallel: int) -> float:
+def declaration(work: Path, steps: int | None) -> Path:
+    """The benchmark declaration, with the recover steps overridden if asked
+    (a copy in the work folder: longer nodes amortise the worker start-up)."""
+    if steps is None:
+        return DECL
+    import yaml
+
+    decl = yaml.safe_load(DECL.read_text())
+    decl["stages"]["recover"]["steps"] = steps
+    out = work / f"flow_parallel-{steps}.yaml"
+    out.write_text(yaml.safe_dump(decl, sort_keys=False))
+    return out
+
+
+def timed_flow(work: Path, decl: Path, parallel: int) -> float:
     """Wall seconds of one flow run with the sweep's outputs removed first
     (world/base/prune/select stay current and are skipped) and their
     checkpoints too, so every run trains from scratch."""
@@ -50,7 +65,7 @@ def timed_flow(work: Path, parallel: int) -> float:
     for p in [*sweep_nodes(work), *(work / "checkpoints").glob("recover@*")]:
         shutil.rmtree(p)  # no resume from the previous run's checkpoints
     t0 = time.perf_counter()
-    report = run_pipeline(str(DECL), work, track=False, max_parallel=parallel)
+    report = run_pipeline(str(decl), work, track=False, max_parallel=parallel)
     seconds = time.perf_counter() - t0
     if report.failed:
         raise SystemExit(report.summary())
@@ -61,6 +76,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parallel", type=int, default=4, help="max_parallel of the run")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each mode")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="recover steps per node (default 60)"
+    )
     ap.add_argument(
         "--work",
         type=Path,
@@ -74,17 +92,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from flows.pipeline import run_pipeline
 
+    decl = declaration(work, args.steps)
     # build the shared upstream nodes (and warm the temporary Prefect API) once
-    run_pipeline(str(DECL), work, track=False, max_parallel=1)
+    run_pipeline(str(decl), work, track=False, max_parallel=1)
     serial, parallel, prints = [], [], {}
     for _ in range(args.repeats):
-        serial.append(timed_flow(work, 1))
+        serial.append(timed_flow(work, decl, 1))
         prints["serial"] = fingerprints(work)
-        parallel.append(timed_flow(work, args.parallel))
+        parallel.append(timed_flow(work, decl, args.parallel))
         prints["parallel"] = fingerprints(work)
     same = prints["serial"] == prints["parallel"]
     ratios = [s / p for s, p in zip(serial, parallel, strict=True)]
-    print(f"\n## Prefect flow: {len(prints['serial'])} independent recover nodes\n")
+    steps = args.steps or 60
+    print(
+        f"\n## Prefect flow: {len(prints['serial'])} independent recover nodes "
+        f"({steps} steps each)\n"
+    )
     print(f"CPU cores: {os.cpu_count()}; repeats: {args.repeats}\n")
     print("| mode | wall s (each run) | median |")
     print("|---|---|---|")
