@@ -22,3 +22,20 @@ def dropped_deltas(job: TensorJob, rescale: bool) -> Any:
             for t, d in zip(job.tensors, job.densities, strict=True)
         ]
     )
+
+
+def dare_merge(job: TensorJob, params: Any, elect_sign: bool) -> Any:
+    """base + lambda * combined dropped task vectors; ``elect_sign``: TIES's
+    sign election (dare_ties) or a plain weighted sum (dare_linear)."""
+    import torch
+
+    from stages.merge import kernels
+
+    mixed = kernels.combine_deltas(
+        dropped_deltas(job, params.rescale),
+        torch.tensor(job.weights),
+        elect_sign,
+        params.normalize,
+        params.lambda_,
+    )
+    return job.base + mixed

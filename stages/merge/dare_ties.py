@@ -29,16 +29,6 @@ class Params(SparsifiedParams):
 
 
 def merge_tensor(job: TensorJob, params: Params) -> Any:
-    import torch
+    from stages.merge.dare import dare_merge
 
-    from stages.merge import kernels
-    from stages.merge.dare import dropped_deltas
-
-    mixed = kernels.combine_deltas(
-        dropped_deltas(job, params.rescale),
-        torch.tensor(job.weights),
-        True,
-        params.normalize,
-        params.lambda_,
-    )
-    return job.base + mixed
+    return dare_merge(job, params, elect_sign=True)

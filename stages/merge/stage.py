@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext, StageResult
+from stages.common.sparsity import sparsity_summary
 from stages.merge.inputs import MergeError, ModelSource, check_compatible
 
-_BLOCK = re.compile(r"\.layers\.(\d+)\.")
 # files of a model folder that are not weights: kept from the reference model
 _COPIED = re.compile(
     r"^(config\.json|generation_config\.json|tokenizer.*|special_tokens_map\.json"
@@ -174,7 +174,7 @@ def execute(
         write_masks(packed, out_dir / MASKS_FILE)
     _copy_side_files(ref.folder, out_dir, params.dtype)
 
-    metrics, per_module = _sparsity(zeros)
+    metrics, per_module = sparsity_summary(zeros)
     metrics["models"] = float(len(models))
     metrics["tensors"] = float(len(names))
     metrics["time_s"] = time.perf_counter() - t0
@@ -199,25 +199,3 @@ def execute(
         f"peak RSS {metrics['peak_rss_mb']:.0f} MiB"
     )
     return StageResult(metrics=metrics, summary=summary, extra_manifest=manifest)
-
-
-def _sparsity(
-    zeros: dict[str, tuple[int, int]],
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Zero fraction of the merged decoder weights: global and per block
-    (metrics), per tensor (manifest)."""
-    blocks: dict[int, list[int]] = {}
-    z_all = n_all = 0
-    for name, (z, n) in zeros.items():
-        z_all, n_all = z_all + z, n_all + n
-        m = _BLOCK.search(name)
-        if m:
-            acc = blocks.setdefault(int(m.group(1)), [0, 0])
-            acc[0] += z
-            acc[1] += n
-    metrics = {"sparsity": z_all / n_all if n_all else 0.0}
-    metrics.update(
-        {f"sparsity.layer_{i}": z / n for i, (z, n) in sorted(blocks.items())}
-    )
-    per_module = {k: z / n for k, (z, n) in sorted(zeros.items())}
-    return metrics, per_module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ from stages.prune.calib import Calibration
 from stages.prune.checkpoint import save_checkpoint
 from stages.prune.targets import Pruned
 
-_BLOCK = re.compile(r"\.layers\.(\d+)\.")
-
 
 def sparsity_metrics(
     model: Any, names: list[str]
@@ -24,26 +21,15 @@ def sparsity_metrics(
     and per module (manifest)."""
     import torch
 
+    from stages.common.sparsity import sparsity_summary
+
     mods = dict(model.named_modules())
-    per_module: dict[str, float] = {}
-    blocks: dict[int, list[int]] = {}
-    zeros = total = 0
+    counts = {}
     for name in names:
         w = mods[name].weight
-        n = w.numel()
-        z = n - int(torch.count_nonzero(w))
-        per_module[name] = z / n
-        zeros, total = zeros + z, total + n
-        m = _BLOCK.search(name)
-        if m:
-            acc = blocks.setdefault(int(m.group(1)), [0, 0])
-            acc[0] += z
-            acc[1] += n
-    metrics = {"sparsity": zeros / total if total else 0.0}
-    metrics.update(
-        {f"sparsity.layer_{i}": z / n for i, (z, n) in sorted(blocks.items())}
-    )
-    return metrics, per_module
+        # count_nonzero: ``(w != 0).sum()`` would widen a bool copy to int64
+        counts[name] = (w.numel() - int(torch.count_nonzero(w)), w.numel())
+    return sparsity_summary(counts)
 
 
 def _tokenizer(model_dir: Path, calib_dir: Path | None) -> Any:
