@@ -121,6 +121,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{name}:")
         for method in kind.methods.names():
             print(f"  {method:<14} {kind.methods.describe(method)}")
+        for note in kind.notes:
+            print(f"{name} note: {note}")
         for catalog in kind.catalogs:
             print(f"{name} {catalog.plural}:")
             for entry in catalog.names():

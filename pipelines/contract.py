@@ -256,6 +256,8 @@ class Kind:
     the kind and its method (loaded by name at run time, e.g. evaluation suites),
     part of its code identity. ``catalogs``: other registries its params name
     entries of (suites, task families), listed by ``carp methods``.
+    ``notes``: conventions that hold for every method of the kind (printed by
+    ``carp methods`` under the methods).
     """
 
     name: str
@@ -271,6 +273,7 @@ class Kind:
     retries: Callable[[Any], int] | None = None
     code: Callable[[Any], Iterable[str]] | None = None
     catalogs: tuple[Registry, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bad = set(self.provides) - set(ARTIFACT_KINDS)

@@ -21,6 +21,7 @@ from pipelines.contract import (
     StageParams,
     StageResult,
 )
+from stages.prune.pattern import NM_CONVENTION
 
 DEFAULT_METHOD = "magnitude"
 
@@ -40,7 +41,9 @@ class Params(StageParams):
     pattern: str = Field(
         "unstructured",
         description="'unstructured' or N:M like '2:4' (keep N of every M weights "
-        "along the input dimension); N:M implies sparsity 1 - N/M.",
+        "along the input dimension, NVIDIA's convention; the Wanda/SparseGPT "
+        "reference code's prune_n counts pruned weights); N:M implies sparsity "
+        "1 - N/M.",
     )
     include: list[str] = Field(
         default_factory=lambda: ["*"],
@@ -154,4 +157,5 @@ KIND = Kind(
     run=run,
     provides=frozenset({"model"}),
     default_method=DEFAULT_METHOD,
+    notes=(f"pattern: {NM_CONVENTION}.",),
 )

@@ -34,6 +34,13 @@ def test_summary_does_not_stop_at_et_al(capsys):
     assert "(Sun et al. 2023," in out
 
 
+def test_prune_states_the_nm_convention(capsys):
+    main(["methods", "prune"])
+    out = capsys.readouterr().out
+    assert "prune note: pattern: N:M keeps N of every M" in out
+    assert "prune_n" in out
+
+
 def test_unknown_kind_is_a_clear_error(capsys):
     assert main(["methods", "prnue"]) == 2
     assert "did you mean 'prune'" in capsys.readouterr().err

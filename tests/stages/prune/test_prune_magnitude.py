@@ -114,7 +114,9 @@ def test_include_exclude_and_lm_head(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "kw, field",
     [
-        ({"pattern": "4:2"}, "0 < N < M"),
+        ({"pattern": "4:2"}, "1 <= N < M"),
+        ({"pattern": "4:4"}, "keeps N of every M"),
+        ({"pattern": "0:4"}, "prune_n"),
         ({"pattern": "2-4"}, "N:M like"),
         ({"pattern": "2:4", "sparsity": 0.3}, "implies sparsity 0.5"),
         ({"pattern": "2:4", "scope": "global"}, "scope"),
