@@ -82,6 +82,28 @@ def _join(
     return out
 
 
+def _resolve(
+    by_stage: dict[str, list[Node]], ref: str, stage: str, field: str, source: str
+) -> list[Node]:
+    """The nodes an input names: every variant of a stage, or the one variant
+    ``stage@label`` (its full node name), with a clear error if none is called so."""
+    if "@" not in ref:
+        return by_stage[ref]
+    hit = [n for n in by_stage[ref.split("@", 1)[0]] if n.name == ref]
+    if not hit:
+        have = ", ".join(n.name for n in by_stage[ref.split("@", 1)[0]])
+        raise DeclarationError(
+            source,
+            [
+                Issue(
+                    f"stages.{stage}.{field}",
+                    f"no variant named '{ref}'; the variants are: {have}",
+                )
+            ],
+        )
+    return hit
+
+
 def _scalar_inputs(params: StageParams) -> tuple[tuple[str, str], ...]:
     """(field, upstream stage) of the single-valued inputs that are set."""
     out = []
@@ -109,7 +131,13 @@ def build(decl: Declaration) -> Graph:
         nodes: list[Node] = []
         for scalar, variants in groups.items():
             fields = [f for f, _ in scalar]
-            options = [[(n.name, n.origin) for n in by_stage[ref]] for _, ref in scalar]
+            options = [
+                [
+                    (n.name, n.origin)
+                    for n in _resolve(by_stage, ref, sname, f, decl.source)
+                ]
+                for f, ref in scalar
+            ]
             for names, origin in _join(options) if options else [([], ())]:
                 for label, params in variants:
                     full_origin = origin + ((sname, label),) if label else origin
@@ -119,7 +147,11 @@ def build(decl: Declaration) -> Graph:
                     for f in type(params).input_fields():
                         value = getattr(params, f)
                         if isinstance(value, list | tuple):
-                            inputs[f] = [n.name for r in value for n in by_stage[r]]
+                            inputs[f] = [
+                                n.name
+                                for r in value
+                                for n in _resolve(by_stage, r, sname, f, decl.source)
+                            ]
                     suffix = "-".join(lbl for _, lbl in full_origin)
                     name = f"{sname}@{suffix}" if suffix else sname
                     nodes.append(

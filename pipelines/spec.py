@@ -523,16 +523,25 @@ def _validate_stage(
     return StageDecl(name, body["kind"], tuple(variants), body)
 
 
+def ref_stage(ref: str) -> str:
+    """The declared stage an input names: ``expert`` for ``expert@add_sub`` (one
+    variant of a swept stage) and for ``expert`` (all of them)."""
+    return ref.split("@", 1)[0] if isinstance(ref, str) else ref
+
+
 def input_refs(params: StageParams) -> list[tuple[str, str, str]]:
     """``(field, upstream stage, needed artifact kind)`` for every set input,
-    with ``field[i]`` for the items of a list input."""
+    with ``field[i]`` for the items of a list input. A variant reference
+    (``stage@label``) counts as its stage; the graph resolves the variant."""
     out = []
     for field, need in type(params).input_fields().items():
         value = getattr(params, field)
         if isinstance(value, list | tuple):
-            out += [(f"{field}[{i}]", ref, need) for i, ref in enumerate(value)]
+            out += [
+                (f"{field}[{i}]", ref_stage(ref), need) for i, ref in enumerate(value)
+            ]
         elif value is not None:
-            out.append((field, value, need))
+            out.append((field, ref_stage(value), need))
     return out
 
 
@@ -688,7 +697,9 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
 def local_path_issues(decl: Declaration, root: Path | None = None) -> list[Issue]:
     """Local files and folders a declaration names (fields marked
     ``json_schema_extra={"carp_path": "dir" | "file"}``: a pretrained checkpoint,
-    a DeepSpeed hostfile) exist and are of the right sort. Checked by the CLI
+    a DeepSpeed hostfile) exist and are of the right sort, and models with a
+    ``local_issues(base)`` method pass it (a hostfile parses and has the slots
+    asked for). Checked by the CLI
     before anything runs, not by :func:`validate`, so a declaration for another
     machine still validates as a document."""
     base = Path.cwd() if root is None else Path(root)
@@ -699,6 +710,12 @@ def local_path_issues(decl: Declaration, root: Path | None = None) -> list[Issue
             todo: list[tuple[BaseModel, str]] = [(params, f"stages.{decl_stage.name}")]
             while todo:
                 model, path = todo.pop()
+                check = getattr(model, "local_issues", None)  # e.g. hostfile slots
+                for field, msg in check(base) if callable(check) else []:
+                    issue = Issue(f"{path}.{field}", msg)
+                    if str(issue) not in seen:
+                        seen.add(str(issue))
+                        out.append(issue)
                 for field, info in type(model).model_fields.items():
                     value = getattr(model, field)
                     if isinstance(value, BaseModel):

@@ -38,7 +38,7 @@ def per_model_keys(field: str, value: PerModel, models: list[str]) -> None:
 
     for key in value:
         stage = key.split("@", 1)[0]
-        if stage not in models:
+        if key not in models and stage not in models:
             close = difflib.get_close_matches(stage, models, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ValueError(

@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines.graph import build, folder_fingerprint
-from pipelines.spec import validate
+from pipelines.spec import DeclarationError, validate
 
 
 def decl(stages):
@@ -46,6 +46,34 @@ def test_downstream_fans_out_per_variant_and_lists_take_all(toy_kinds):
     assert g.nodes["c@2"].inputs["extra"] == ["a@2", "a@4", "b@2", "b@4"]
     # every c takes all of a in its list input, so both depend on a@2
     assert g.downstream_of("a@2") == ["a@2", "b@2", "c@2", "c@4"]
+
+
+def test_a_variant_is_named_by_its_node_name(toy_kinds):
+    g = build(
+        decl(
+            {
+                "a": {"kind": "toysrc", "matrix": {"n": [2, 4, 8]}},
+                "b": {"kind": "toyadd", "data": "a@4", "extra": ["a@2", "a@8"]},
+            }
+        )
+    )
+    # one node (no fan-out), named after the variant it derives from
+    assert [n for n in g.nodes if n.startswith("b")] == ["b@4"]
+    assert g.nodes["b@4"].inputs == {"data": "a@4", "extra": ["a@2", "a@8"]}
+    assert g.downstream_of("a@2") == ["a@2", "b@4"]
+
+
+def test_an_unknown_variant_names_the_field_and_the_variants(toy_kinds):
+    d = decl(
+        {
+            "a": {"kind": "toysrc", "matrix": {"n": [2, 4]}},
+            "b": {"kind": "toyadd", "data": "a", "extra": ["a@3"]},
+        }
+    )
+    with pytest.raises(DeclarationError) as e:
+        build(d)
+    assert "stages.b.extra" in str(e.value)
+    assert "no variant named 'a@3'; the variants are: a@2, a@4" in str(e.value)
 
 
 def test_two_swept_inputs_join_on_shared_origin(toy_kinds):
