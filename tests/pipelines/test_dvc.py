@@ -46,7 +46,11 @@ def test_compiled_yaml_is_block_style_and_wires_variants(toy_kinds):
     assert add["do"]["cmd"] == "carp stage add@${key}"
     assert add["do"]["deps"][0] == "artifacts/${item.data}"
     assert add["do"]["params"] == ["stages.add"]
-    assert add["do"]["outs"] == ["artifacts/add@${key}"]
+    # outputs persist: DVC keeps the last good one while carp replaces it
+    assert add["do"]["outs"] == [{"artifacts/add@${key}": {"persist": True}}]
+    assert add["do"]["metrics"] == [
+        {"reports/add@${key}/metrics.json": {"persist": True}}
+    ]
     # list inputs take every variant; a stage fanned out by its own seeds only
     all_ = doc["all"]["foreach"]
     assert set(all_) == {"2-s0", "3-s0"}
