@@ -1,13 +1,15 @@
 """Intervals and paired differences from the suites' per-record files.
 
-Reads ``predictions/<model>.jsonl`` (exact match per record) and
-``answers/<model>.jsonl`` (answer NLL per record) from the output folder and
-returns flat metrics: ``<model>/em/<family>_lo``/``_hi`` (Wilson),
-``<model>/em/mean_lo``/``_hi`` (family-stratified bootstrap),
-``<model>/ppl_answer_lo``/``_hi`` (record bootstrap) and, for every pair of
-models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
-``<b>-vs-<a>/em/mean`` and ``<b>-vs-<a>/ppl_answer`` with ``_lo``/``_hi``
-(paired bootstrap on the records both were scored on).
+Reads ``predictions/<model>.jsonl`` (exact match per record),
+``answers/<model>.jsonl`` (answer NLL per record) and
+``documents/<model>.jsonl`` (rolling NLL, tokens, words, bytes per document)
+from the output folder and returns flat metrics: ``<model>/em/<family>_lo``/
+``_hi`` (Wilson), ``<model>/em/mean_lo``/``_hi`` (family-stratified bootstrap),
+``_lo``/``_hi`` of ``ppl_answer`` (record bootstrap) and of ``ppl``,
+``word_perplexity``, ``bits_per_byte`` (document bootstrap) and, for every pair
+of models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
+``<b>-vs-<a>/em/mean`` and the same ratio metrics with ``_lo``/``_hi`` (paired
+bootstrap on the records/documents both were scored on).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from stages.evaluate.intervals import (
 )
 
 Hits = dict[str, dict[str, float]]  # family -> record id -> value
+
+# metric -> (per-model folder, denominator field, transform of sum(nll) /
+# sum(den), bootstrap seed name: ppl_answer keeps the one it was published with)
+RATIO_METRICS = {
+    "ppl_answer": ("answers", "tokens", "exp", "ppl"),
+    "ppl": ("documents", "tokens", "exp", "ppl_doc"),
+    "word_perplexity": ("documents", "words", "exp", "word_perplexity"),
+    "bits_per_byte": ("documents", "bytes", "bits", "bits_per_byte"),
+}
 
 
 def pair_name(a: str, b: str) -> str:
@@ -43,7 +54,8 @@ def _read(path: Path, field: str) -> Hits:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             r = json.loads(line)
-            out.setdefault(r["family"], {})[str(r["id"])] = float(r[field])
+            fam = r.get("family", "")  # documents have no family
+            out.setdefault(fam, {})[str(r["id"])] = float(r[field])
     return out
 
 
@@ -79,10 +91,10 @@ def em_difference(a: Hits, b: Hits, seed: list[int]) -> dict[str, float]:
     return out
 
 
-def _answer_arrays(
+def _ratio_arrays(
     runs: list[tuple[Hits, Hits]],
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """Per-record (nll, tokens) of each model on the records all of them have."""
+    """Per-record (nll, denominator) of each model on the records all have."""
     keys = set.intersection(
         *({(f, i) for f, rs in nll.items() for i in rs} for nll, _ in runs)
     )
@@ -90,6 +102,20 @@ def _answer_arrays(
     nums = [[nll[f][i] for f, i in keys_s] for nll, _ in runs]
     dens = [[tok[f][i] for f, i in keys_s] for _, tok in runs]
     return nums, dens
+
+
+def _ratio_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
+    """metric -> model -> (nll, denominator) per record, for the ratio metrics
+    whose files the suites wrote."""
+    out: dict[str, dict] = {}
+    for metric, (folder, den, _, _) in RATIO_METRICS.items():
+        runs = {}
+        for m in models:
+            path = out_dir / folder / f"{m}.jsonl"
+            if path.exists():
+                runs[m] = (_read(path, "nll"), _read(path, den))
+        out[metric] = runs
+    return out
 
 
 def compare(
@@ -101,30 +127,28 @@ def compare(
     """Adds interval keys to each model's results and returns the paired
     differences by pair name (``<b>-vs-<a>``)."""
     em = {m: _read(out_dir / "predictions" / f"{m}.jsonl", "em") for m in models}
-    ans = {
-        m: (
-            _read(out_dir / "answers" / f"{m}.jsonl", "nll"),
-            _read(out_dir / "answers" / f"{m}.jsonl", "tokens"),
-        )
-        for m in models
-    }
+    ratios = _ratio_runs(out_dir, models)
     for m in models:
         if em[m]:
             results[m].update(em_intervals(em[m], rng_seed(seed, m, "em")))
-        if ans[m][0]:
-            nums, dens = _answer_arrays([ans[m]])
-            lo, hi = ratio_bootstrap(nums, dens, seed=rng_seed(seed, m, "ppl"))
-            results[m]["ppl_answer_lo"], results[m]["ppl_answer_hi"] = lo, hi
+        for metric, runs in ratios.items():
+            if m in runs and metric in results[m]:
+                nums, dens = _ratio_arrays([runs[m]])
+                _, _, f, tag = RATIO_METRICS[metric]
+                bounds = ratio_bootstrap(nums, dens, f, rng_seed(seed, m, tag))
+                results[m][f"{metric}_lo"], results[m][f"{metric}_hi"] = bounds
     diffs: dict[str, dict[str, float]] = {}
     for a, b in pairs(models):
         name, d = pair_name(a, b), {}
         if em[a] and em[b]:
             d.update(em_difference(em[a], em[b], rng_seed(seed, name, "em")))
-        if ans[a][0] and ans[b][0] and "ppl_answer" in results[a]:
-            nums, dens = _answer_arrays([ans[a], ans[b]])
-            lo, hi = ratio_bootstrap(nums, dens, seed=rng_seed(seed, name, "ppl"))
-            d["ppl_answer"] = results[b]["ppl_answer"] - results[a]["ppl_answer"]
-            d["ppl_answer_lo"], d["ppl_answer_hi"] = lo, hi
+        for metric, runs in ratios.items():
+            if a in runs and b in runs and metric in results[a]:
+                nums, dens = _ratio_arrays([runs[a], runs[b]])
+                _, _, f, tag = RATIO_METRICS[metric]
+                lo, hi = ratio_bootstrap(nums, dens, f, rng_seed(seed, name, tag))
+                d[metric] = results[b][metric] - results[a][metric]
+                d[f"{metric}_lo"], d[f"{metric}_hi"] = lo, hi
         if d:
             diffs[name] = d
     return diffs

@@ -76,6 +76,9 @@ def stratified_bootstrap(
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+TRANSFORMS = {"exp": np.exp, "bits": lambda x: x / np.log(2), "identity": lambda x: x}
+
+
 def ratio_bootstrap(
     nums: Sequence[Sequence[float]],
     dens: Sequence[Sequence[float]],
@@ -87,10 +90,11 @@ def ratio_bootstrap(
     """Percentile bootstrap of ``f(sum(num) / sum(den))`` over records, where
     ``nums[m]`` / ``dens[m]`` are model m's per-record values on the same
     records (resampled together: paired). One model: its interval (perplexity
-    = exp(NLL sum / token sum)); two models: of ``f(b) - f(a)``."""
+    = exp(NLL sum / token sum); ``bits``: NLL sum / byte sum / ln 2); two
+    models: of ``f(b) - f(a)``."""
     num = np.asarray(nums, dtype=np.float64)  # (M, R)
     den = np.asarray(dens, dtype=np.float64)
-    f = np.exp if transform == "exp" else (lambda x: x)
+    f = TRANSFORMS[transform]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, num.shape[1], size=(n_resamples, num.shape[1]))  # (B, R)
     vals = f(num[:, idx].sum(-1) / den[:, idx].sum(-1))  # (M, B)

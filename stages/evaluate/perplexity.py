@@ -1,12 +1,17 @@
 """Perplexity: rolling log-likelihood of ppl.txt (lm-eval style) and answer-only.
 
 ``ppl`` is token perplexity over the whole text (prompt and answer tokens of
-every document, lm-eval ``loglikelihood_rolling``); ``ppl_answer`` scores only
-the answer tokens (response + eos, the training labels of ``encode_example``)
-of the world's held-out eval records given their prompts: the part of the text
-a compressed model can get wrong, so it moves more than ``ppl``. Per-record
-answer NLLs go to ``answers/<model>.jsonl`` (for intervals and paired
-differences).
+every document, lm-eval ``loglikelihood_rolling`` with bos as context, not
+scored); ``word_perplexity`` and ``bits_per_byte`` divide the same summed NLL
+by the documents' words and UTF-8 bytes exactly as lm-eval's rolling tasks do
+(``count_words`` / ``count_bytes`` of the scored text), so models with
+different tokenizers compare fairly. ``ppl_answer`` scores only the answer
+tokens (response + eos, the training labels of ``encode_example``) of the
+world's held-out eval records given their prompts: the part of the text a
+compressed model can get wrong, so it moves more than ``ppl``. Per-record
+answer NLLs go to ``answers/<model>.jsonl`` and per-document NLLs with their
+token/word/byte counts to ``documents/<model>.jsonl`` (for intervals and
+paired differences).
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any
 
 from pipelines.contract import RunContext
 from stages.common.io import write_jsonl
-from stages.evaluate.scoring import continuation_nll, perplexity, rolling_windows
+from stages.evaluate.scoring import (
+    bits_per_byte,
+    continuation_nll,
+    count_bytes,
+    count_words,
+    perplexity,
+    rolling_windows,
+)
 
 PPL_FILE = "ppl.txt"
 DOC_SEPARATOR = "\n\n"  # stages.world.synthetic.PPL_SEPARATOR
@@ -24,7 +36,7 @@ DOC_SEPARATOR = "\n\n"  # stages.world.synthetic.PPL_SEPARATOR
 
 def model_files(name: str) -> list[str]:
     """Files :func:`score` writes for model ``name`` (relative to out_dir)."""
-    return [f"answers/{name}.jsonl"]
+    return [f"answers/{name}.jsonl", f"documents/{name}.jsonl"]
 
 
 def documents(world_dir: Path) -> list[str]:
@@ -40,17 +52,19 @@ def rolling_nll(
     max_len: int,
     batch_size: int,
     progress: Any = None,
-) -> tuple[float, int]:
-    """(summed NLL, predicted tokens) over every document's rolling windows."""
+) -> list[tuple[float, int]]:
+    """(summed NLL, predicted tokens) of each document over its rolling windows."""
     import torch
 
-    windows = [
-        w for toks in docs_tokens for w in rolling_windows(toks, prefix, max_len)
-    ]
+    windows, owner = [], []
+    for d, toks in enumerate(docs_tokens):
+        doc_windows = rolling_windows(toks, prefix, max_len)
+        windows += doc_windows
+        owner += [d] * len(doc_windows)
     starts = range(0, len(windows), batch_size)
     if progress is not None:
         starts = progress(starts, "perplexity", total=len(starts))
-    total, count = 0.0, 0
+    out = [(0.0, 0)] * len(docs_tokens)
     model.eval()
     for s in starts:
         chunk = windows[s : s + batch_size]
@@ -62,11 +76,12 @@ def rolling_nll(
         real = torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=real.long()).logits
-        n_cont = [len(cont) for _, cont in chunk]
         nll = continuation_nll(logits, [cont for _, cont in chunk], lengths)
-        total += float(nll.sum())
-        count += sum(n_cont)
-    return total, count
+        for d, (_, cont), v in zip(
+            owner[s : s + batch_size], chunk, nll.tolist(), strict=True
+        ):
+            out[d] = (out[d][0] + v, out[d][1] + len(cont))
+    return out
 
 
 def answer_nll(
@@ -114,8 +129,9 @@ def score(
     out_dir: Path | None = None,
     name: str = "model",
 ) -> dict[str, float]:
-    """``ppl`` (each document from bos, as in pretraining) and ``ppl_answer``;
-    writes ``answers/<name>.jsonl`` when ``out_dir`` is set."""
+    """``ppl``, ``word_perplexity``, ``bits_per_byte`` (each document from bos,
+    as in pretraining) and ``ppl_answer``; writes ``answers/<name>.jsonl`` and
+    ``documents/<name>.jsonl`` when ``out_dir`` is set."""
     from stages.evaluate.exact_match import eval_sets
 
     docs = documents(world_dir)
@@ -124,9 +140,14 @@ def score(
     if prefix is None:
         prefix = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total, count = rolling_nll(
+    per_doc = rolling_nll(
         model, toks, prefix, pad, params.max_len, params.batch_size, ctx.progress
     )
+    doc_rows = [
+        {"id": i, "nll": v, "tokens": n, "words": count_words(d)}
+        | {"bytes": count_bytes(d)}
+        for i, (d, (v, n)) in enumerate(zip(docs, per_doc, strict=True))
+    ]
     records = [
         r
         for rs in eval_sets(world_dir, params.max_samples_per_family).values()
@@ -142,7 +163,17 @@ def score(
             for r, (v, n) in zip(records, nlls, strict=True)
         ]
         write_jsonl(rows, out_dir / "answers" / f"{name}.jsonl")
+        (out_dir / "documents").mkdir(exist_ok=True)
+        rounded = [{**r, "nll": round(r["nll"], 9)} for r in doc_rows]
+        write_jsonl(rounded, out_dir / "documents" / f"{name}.jsonl")
+    total = sum(r["nll"] for r in doc_rows)
+
+    def summed(field: str) -> int:
+        return sum(r[field] for r in doc_rows)
+
     return {
         "ppl_answer": perplexity(sum(v for v, _ in nlls), sum(n for _, n in nlls)),
-        "ppl": perplexity(total, count),
+        "ppl": perplexity(total, summed("tokens")),
+        "word_perplexity": perplexity(total, summed("words")),
+        "bits_per_byte": bits_per_byte(total, summed("bytes")),
     }

@@ -22,6 +22,13 @@ UNLEARN_ROWS = [
 ]
 
 
+# metrics over the whole of ppl.txt (stages.evaluate.perplexity)
+WHOLE_TEXT_ROWS = [
+    ("**perplexity**", "ppl", ".3f"),
+    ("word perplexity", "word_perplexity", ".3f"),
+    ("bits per byte", "bits_per_byte", ".4f"),
+]
+
 Results = dict[str, dict[str, float]]
 BOUNDS = ("_lo", "_hi")
 MAX_DIFF_COLUMNS = 6  # more pairs: the table shows each model against the first
@@ -59,8 +66,9 @@ def _rows(results: Results) -> list[tuple[str, str, str]]:
         rows.append(("**mean EM**", "em/mean", ".3f"))
     if any("ppl_answer" in r for r in results.values()):
         rows.append(("**answer perplexity**", "ppl_answer", ".3f"))
-    if any("ppl" in r for r in results.values()):
-        rows.append(("**perplexity**", "ppl", ".3f"))
+    for label, key, fmt in WHOLE_TEXT_ROWS:
+        if any(key in r for r in results.values()):
+            rows.append((label, key, fmt))
     unlearn = {k for r in results.values() for k in r if k in UNLEARN_ROWS}
     rows += [(k, k, ".3f") for k in sorted(unlearn, key=UNLEARN_ROWS.index)]
     return rows
@@ -88,7 +96,7 @@ def markdown_table(
         if len(shown) > MAX_DIFF_COLUMNS:  # wide sweeps: against the first model
             shown = [p for p in shown if p.endswith(f"-vs-{models[0]}")]
         keys = {k for d in diffs.values() for k in d}
-        rows = [r for r in _rows(diffs) if r[1] in keys and r[1] != "ppl"]
+        rows = [r for r in _rows(diffs) if r[1] in keys]
         labels = {p: p.replace("-vs-", " − ") for p in shown}
         lines += [
             "",
@@ -107,7 +115,9 @@ def markdown_table(
     lines += [
         "",
         "Intervals: 95%; Wilson per family, family-stratified bootstrap for the "
-        "mean EM, record bootstrap for answer perplexity.",
+        "mean EM, record bootstrap for answer perplexity, document bootstrap for "
+        "the whole-text rows (word perplexity and bits per byte as lm-eval "
+        "defines them).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,11 +3,14 @@
 Rolling windows follow lm-evaluation-harness ``loglikelihood_rolling``
 (``get_rolling_token_windows`` + ``make_disjoint_window``): every token of a
 document is predicted exactly once, with up to ``max_len`` tokens of context.
+Word and byte counts follow lm-eval's ``Task.count_words`` / ``count_bytes``
+and its ``weighted_perplexity`` / ``bits_per_byte`` aggregations.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 
@@ -67,5 +70,22 @@ def continuation_nll(logits: Any, targets: list[list[int]], lengths: list[int]) 
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
-    """exp(mean negative log-likelihood per token); nan when nothing was scored."""
+    """exp(summed NLL / count); nan when nothing was scored. Over tokens: token
+    perplexity; over words: lm-eval's ``word_perplexity`` (``weighted_perplexity``),
+    comparable across tokenizers."""
     return math.exp(total_nll / n_tokens) if n_tokens else float("nan")
+
+
+def count_words(text: str) -> int:
+    """Words of a scored text as lm-eval counts them: ``len(re.split(r"\\s+", t))``."""
+    return len(re.split(r"\s+", text))
+
+
+def count_bytes(text: str) -> int:
+    """UTF-8 bytes of a scored text (lm-eval ``count_bytes``)."""
+    return len(text.encode("utf-8"))
+
+
+def bits_per_byte(total_nll: float, n_bytes: int) -> float:
+    """Summed NLL in bits per UTF-8 byte (lm-eval ``bits_per_byte``)."""
+    return total_nll / n_bytes / math.log(2) if n_bytes else float("nan")

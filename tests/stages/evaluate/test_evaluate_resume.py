@@ -44,7 +44,7 @@ def test_second_run_reads_the_cache_and_writes_the_same_output(
     assert KIND.resumable
     first = KIND.run(params, inputs, tmp_path / "a", ctx(tmp_path / "ck"))
     cached = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert len(cached) == 3  # result, predictions and answer NLLs
+    assert len(cached) == 4  # result, predictions, answer and document NLLs
     assert any(n.endswith(".predictions.m.jsonl") for n in cached)
     assert any(n.endswith(".answers.m.jsonl") for n in cached)
 

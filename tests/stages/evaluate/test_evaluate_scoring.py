@@ -12,7 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipelines.contract import RunContext  # noqa: E402
 from stages.evaluate.scoring import (  # noqa: E402
+    bits_per_byte,
     continuation_nll,
+    count_bytes,
+    count_words,
     exact_match,
     normalize_answer,
     perplexity,
@@ -39,6 +42,13 @@ def test_exact_match_normalises_whitespace_and_cuts_at_newline():
     assert exact_match(" a k d", "a k d") == 1.0
     assert exact_match("a k", "a k d") == 0.0
     assert exact_match("Pubusdi\n", " Pubusdi ") == 1.0
+
+
+def test_word_and_byte_counts_follow_lm_eval():
+    assert count_words("a b\n c") == 3
+    assert count_words(" a b") == 3  # lm-eval's re.split counts a leading ""
+    assert count_bytes("é a") == 4
+    assert bits_per_byte(8 * math.log(2), 4) == pytest.approx(2.0)
 
 
 def test_rolling_windows_match_lm_eval_by_hand():
@@ -80,6 +90,8 @@ def test_perplexity_suite_equals_plain_cross_entropy(setup):
     world, tok, model = setup
     docs = suite.documents(world)
     total, count = 0.0, 0
+    words = sum(len(d.split()) for d in docs)  # no doc starts/ends with a space
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     for d in docs:  # bos + doc, every doc token predicted once
         ids = torch.tensor(
             [[tok.bos_token_id, *tok(d, add_special_tokens=False)["input_ids"]]]
@@ -92,8 +104,13 @@ def test_perplexity_suite_equals_plain_cross_entropy(setup):
         total, count = total + ce.item(), count + ids.shape[1] - 1
     want = math.exp(total / count)
     p = Params(models=["m"], data="w", batch_size=5)
-    got = suite.score(model, tok, world, p, RunContext())["ppl"]
-    assert got == pytest.approx(want, rel=1e-5)
+    res = suite.score(model, tok, world, p, RunContext())
+    assert res["ppl"] == pytest.approx(want, rel=1e-5)
+    # lm-eval's word perplexity and bits per byte: the same NLL over words/bytes
+    assert res["word_perplexity"] == pytest.approx(math.exp(total / words), rel=1e-5)
+    bpb = total / n_bytes / math.log(2)
+    assert res["bits_per_byte"] == pytest.approx(bpb, rel=1e-5)
+    assert words < count and res["word_perplexity"] > res["ppl"]
     # short windows roll over each document: same tokens scored, batch-invariant
     short = Params(models=["m"], data="w", max_len=8, batch_size=3)
     one = short.model_copy(update={"batch_size": 1})

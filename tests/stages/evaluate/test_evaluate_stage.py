@@ -44,10 +44,11 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     params = Params(models=["prune", "base"], data="world")
     res = run(params, {"data": world, "models": models}, tmp_path, RunContext())
     fams = FAMILIES
-    headline = [*(f"em/{f}" for f in fams), "em/mean", "ppl_answer"]
+    whole = ["ppl", "word_perplexity", "bits_per_byte"]
+    headline = [*(f"em/{f}" for f in fams), "em/mean", "ppl_answer", *whole]
     for m in ("prune", "base"):
         keys = {f"{m}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")}
-        assert keys | {f"{m}/ppl"} == {k for k in res.metrics if k.startswith(f"{m}/")}
+        assert keys == {k for k in res.metrics if k.startswith(f"{m}/")}
         for k in headline:
             lo, v, hi = (res.metrics[f"{m}/{k}{b}"] for b in ("_lo", "", "_hi"))
             assert lo <= v <= hi
@@ -60,6 +61,7 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     lines = table.splitlines()
     assert lines[0] == "| | prune | base |"  # columns in the given order
     rows = [*fams, "**mean EM**", "**answer perplexity**", "**perplexity**"]
+    rows += ["word perplexity", "bits per byte"]
     assert [ln.split("|")[1].strip() for ln in lines[2 : 2 + len(rows)]] == rows
     assert "base − prune" in table and "[" in lines[2]
     with open(tmp_path / "results.csv") as f:
@@ -70,6 +72,7 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     assert set(res.plots) == {"results.csv", "em.png"}
     assert (tmp_path / "predictions" / "base.jsonl").exists()
     assert (tmp_path / "answers" / "base.jsonl").exists()
+    assert (tmp_path / "documents" / "base.jsonl").exists()
 
 
 def test_registry_lists_the_suites_and_params_validate():
