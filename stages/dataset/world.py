@@ -4,7 +4,10 @@
 ``people`` keeps a seeded subset of the file's people (a fraction or a count;
 forget-set size sweeps, MUSE scalability); ``part``/``parts`` keeps the
 ``part``-th of ``parts`` disjoint groups of people (MUSE sustainability:
-sequential requests). Records keep their ids.
+sequential requests). ``exclude`` drops every record naming a person of
+the world's forget / holdout files (the pretrain kind's exclusion): with
+``split: pool`` it gives a recovery pool without the forget people's facts.
+Records keep their ids.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ class Params(KindParams):
         description="Keep a seeded subset of the people: a fraction in (0, 1] or "
         "a count >= 1 (records without `subject` count as their own person).",
     )
+    exclude: tuple[Literal["forget", "holdout"], ...] = Field(
+        (),
+        description="Drop every record that names a person of the world's "
+        "forget.jsonl / holdout.jsonl (as pretrain's `exclude`): `split: pool` "
+        "with `[forget, holdout]` is a recovery pool that cannot teach the "
+        "forgotten facts back nor make the holdout people members.",
+    )
     parts: int = Field(1, ge=1, description="Split the people into this many groups.")
     part: int = Field(0, ge=0, description="Which group to keep (0-based).")
 
@@ -47,6 +57,11 @@ class Params(KindParams):
             raise ValueError(
                 f"part: {self.part} must be below parts ({self.parts}); parts are "
                 "0-based"
+            )
+        if set(self.exclude) & {self.split}:
+            raise ValueError(
+                f"exclude: {self.split} would drop every record of split "
+                f"{self.split}; exclude the other files only"
             )
         if isinstance(self.people, float) and self.people > 1:
             raise ValueError("people: a fraction must be <= 1; give a count as int")
@@ -75,6 +90,7 @@ def expose(
 ) -> StageResult:
     """Copy the chosen records into ``data.jsonl`` + ``dataset.json``."""
     from stages.common.io import read_jsonl, write_dataset
+    from stages.world.people import drop_people, excluded_people
 
     world = Path(inputs["world"])
     f = world / FILES[params.split]
@@ -86,6 +102,8 @@ def expose(
         )
         raise FileNotFoundError(f"split: {world.name} has no {f.name}{hint}")
     records = list(read_jsonl(f))
+    n_read = len(records)
+    records = drop_people(records, excluded_people(world, params.exclude))
     subjects = [str(r.get("subject", r["id"])) for r in records]
     keep = choose_people(subjects, params.people, params.parts, params.part, ctx.seed)
     chosen = [r for r, s in zip(records, subjects, strict=True) if s in keep]
@@ -98,9 +116,13 @@ def expose(
         people=len(keep),
         part=params.part,
         parts=params.parts,
+        excluded=list(params.exclude),
     )
+    metrics = {"count": float(info["count"]), "people": float(len(keep))}
+    if params.exclude:
+        metrics["excluded_records"] = float(n_read - len(records))
     return StageResult(
-        metrics={"count": float(info["count"]), "people": float(len(keep))},
+        metrics=metrics,
         datasets=["data.jsonl"],
         summary=f"dataset: {info['count']} records of {len(keep)} people from "
         f"{world.name}/{f.name}",

@@ -9,7 +9,6 @@ what EM needs. Deterministic: same params + world -> identical safetensors.
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pipelines.contract import RunContext, StageResult
 from stages.common.io import load_tokenizer, read_jsonl, save_model
 from stages.common.text import IGNORE_INDEX, collate, encode_example
+from stages.world.people import drop_people, excluded_people
 from stages.world.pretrain import Params as PretrainParams
 from stages.world.pretrain import describe
 
@@ -61,39 +61,6 @@ def encode_all(
         # every token but bos is a target (bos is never predicted)
         rows = [(ids, [IGNORE_INDEX, *ids[1:]]) for ids, _ in rows]
     return rows
-
-
-def excluded_people(world_dir: Path, exclude: tuple[str, ...]) -> set[str]:
-    """Subjects of the world's ``<name>.jsonl`` for each name in ``exclude``."""
-    people: set[str] = set()
-    for name in exclude:
-        f = world_dir / f"{name}.jsonl"
-        if not f.exists():
-            raise FileNotFoundError(
-                f"exclude: {world_dir.name} has no {f.name}"
-                + (
-                    " (set the world's holdout_fraction > 0)"
-                    if name == "holdout"
-                    else ""
-                )
-            )
-        people |= {str(r["subject"]) for r in read_jsonl(f) if r.get("subject")}
-    return people
-
-
-def drop_people(
-    records: list[dict[str, Any]], people: set[str]
-) -> list[dict[str, Any]]:
-    """Records that name none of ``people`` (whole-word match in the prompt)."""
-    if not people:
-        return records
-    alt = "|".join(re.escape(p) for p in sorted(people, key=len, reverse=True))
-    pat = re.compile(rf"(?<!\w)(?:{alt})(?!\w)")
-    return [
-        r
-        for r in records
-        if not pat.search(f"{r.get('instruction', '')} {r.get('input', '')}")
-    ]
 
 
 def train_loop(

@@ -25,7 +25,7 @@ def test_holdout_is_disjoint_and_forget_unchanged(tmp_path):
 
 
 def test_exclude_drops_exactly_the_forget_people(tmp_path):
-    from stages.world.pretrain.llama import drop_people, excluded_people
+    from stages.world.people import drop_people, excluded_people
     from tests.tiny import micro_world
 
     world = micro_world(tmp_path / "w", holdout_fraction=0.3)
