@@ -261,8 +261,12 @@ def stage_tags(prep: Prepared, layout: Layout) -> dict[str, str]:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
-    for k, v in prep.input_fps.items():
+    for k, v in prep.input_fps.items():  # fingerprints, and the nodes they are
         tags[f"carp.input.{k}"] = ",".join(v) if isinstance(v, list) else v
+        names = node.inputs.get(k, [])
+        tags[f"carp.input_node.{k}"] = (
+            ",".join(names) if isinstance(names, list) else names
+        )
     return tags
 
 

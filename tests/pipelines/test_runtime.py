@@ -92,6 +92,7 @@ def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypat
     b = next(c for c in children if c.info.run_name == "b")
     assert b.data.params["b.offset"] == "1"
     assert b.data.tags["carp.input.data"]
+    assert b.data.tags["carp.input_node.data"] == "a"  # names the input node
     assert [m.value for m in client.get_metric_history(b.info.run_id, "loss")] == [
         1.0,
         0.5,
