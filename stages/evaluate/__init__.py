@@ -3,10 +3,12 @@
 Methods (``carp methods evaluate``): ``world`` (the default) scores every model
 on a world's held-out sets with carp's suites. Suites (``SUITES``) are
 registered like methods: ``perplexity`` (rolling log-likelihood, lm-eval
-``loglikelihood_rolling``), ``exact_match`` (greedy answers per family) and
-``unlearning`` (MUSE: VerbMem, KnowMem, Min-K% / Min-K%++ PrivLeak); a
-method's ``suites`` param picks which run. Per-model results are cached in the
-stage's checkpoint folder, so an interrupted evaluation resumes.
+``loglikelihood_rolling``; word perplexity, bits per byte), ``exact_match``
+(greedy answers per family), ``multiple_choice`` (acc / acc_norm from option
+log-likelihoods, lm-eval style) and ``unlearning`` (MUSE: VerbMem, KnowMem,
+Min-K% / Min-K%++ PrivLeak); a method's ``suites`` param picks which run.
+Per-model results are cached in the stage's checkpoint folder, so an
+interrupted evaluation resumes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SUITES = Registry(
     {
         "perplexity": "stages.evaluate.perplexity",
         "exact_match": "stages.evaluate.exact_match",
+        "multiple_choice": "stages.evaluate.multiple_choice",
         "unlearning": "stages.evaluate.unlearning",
     },
     entry="score",

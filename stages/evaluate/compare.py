@@ -9,7 +9,9 @@ from the output folder and returns flat metrics: ``<model>/em/<family>_lo``/
 ``word_perplexity``, ``bits_per_byte`` (document bootstrap) and, for every pair
 of models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
 ``<b>-vs-<a>/em/mean`` and the same ratio metrics with ``_lo``/``_hi`` (paired
-bootstrap on the records/documents both were scored on).
+bootstrap on the records/documents both were scored on). ``choices/<model>.jsonl``
+(multiple choice per item) gives ``mc/acc`` and ``mc/acc_norm`` a Wilson
+interval over all items and a paired-bootstrap difference.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ RATIO_METRICS = {
     "ppl": ("documents", "tokens", "exp", "ppl_doc"),
     "word_perplexity": ("documents", "words", "exp", "word_perplexity"),
     "bits_per_byte": ("documents", "bytes", "bits", "bits_per_byte"),
+}
+# accuracies pooled over all records: metric -> (per-model folder, field)
+POOLED_METRICS = {
+    "mc/acc": ("choices", "acc"),
+    "mc/acc_norm": ("choices", "acc_norm"),
 }
 
 
@@ -118,6 +125,28 @@ def _ratio_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
     return out
 
 
+def _pooled_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
+    """metric -> model -> {(family, id): 0/1} for the pooled accuracies."""
+    out: dict[str, dict] = {}
+    for metric, (folder, field) in POOLED_METRICS.items():
+        runs = {}
+        for m in models:
+            hits = _read(out_dir / folder / f"{m}.jsonl", field)
+            if hits:
+                runs[m] = {(f, i): v for f, rs in hits.items() for i, v in rs.items()}
+        out[metric] = runs
+    return out
+
+
+def pooled_difference(a: dict, b: dict, seed: list[int]) -> tuple[float, float, float]:
+    """``b - a`` of a pooled accuracy on the records both have, with its
+    paired-bootstrap interval."""
+    diffs = [b[k] - a[k] for k in sorted(set(a) & set(b))]
+    if not diffs:
+        return float("nan"), float("nan"), float("nan")
+    return (sum(diffs) / len(diffs), *stratified_bootstrap([diffs], seed))
+
+
 def compare(
     out_dir: Path,
     models: list[str],
@@ -128,7 +157,13 @@ def compare(
     differences by pair name (``<b>-vs-<a>``)."""
     em = {m: _read(out_dir / "predictions" / f"{m}.jsonl", "em") for m in models}
     ratios = _ratio_runs(out_dir, models)
+    pooled = _pooled_runs(out_dir, models)
     for m in models:
+        for metric, runs in pooled.items():
+            if m in runs:
+                hits = runs[m].values()
+                bounds = wilson(round(sum(hits)), len(hits))
+                results[m][f"{metric}_lo"], results[m][f"{metric}_hi"] = bounds
         if em[m]:
             results[m].update(em_intervals(em[m], rng_seed(seed, m, "em")))
         for metric, runs in ratios.items():
@@ -149,6 +184,11 @@ def compare(
                 lo, hi = ratio_bootstrap(nums, dens, f, rng_seed(seed, name, tag))
                 d[metric] = results[b][metric] - results[a][metric]
                 d[f"{metric}_lo"], d[f"{metric}_hi"] = lo, hi
+        for metric, runs in pooled.items():
+            if a in runs and b in runs:
+                seq = rng_seed(seed, name, metric)
+                v, lo, hi = pooled_difference(runs[a], runs[b], seq)
+                d[metric], d[f"{metric}_lo"], d[f"{metric}_hi"] = v, lo, hi
         if d:
             diffs[name] = d
     return diffs

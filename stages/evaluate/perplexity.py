@@ -44,27 +44,22 @@ def documents(world_dir: Path) -> list[str]:
     return [d.strip("\n") for d in text.split(DOC_SEPARATOR) if d.strip()]
 
 
-def rolling_nll(
+def windows_nll(
     model: Any,
-    docs_tokens: list[list[int]],
-    prefix: int,
+    windows: list[tuple[list[int], list[int]]],
     pad: int,
-    max_len: int,
     batch_size: int,
     progress: Any = None,
-) -> list[tuple[float, int]]:
-    """(summed NLL, predicted tokens) of each document over its rolling windows."""
+    desc: str = "perplexity",
+) -> list[float]:
+    """Summed NLL of each ``(context, continuation)`` window's continuation,
+    batched on right-padded inputs ``(context + continuation)[:-1]``."""
     import torch
 
-    windows, owner = [], []
-    for d, toks in enumerate(docs_tokens):
-        doc_windows = rolling_windows(toks, prefix, max_len)
-        windows += doc_windows
-        owner += [d] * len(doc_windows)
     starts = range(0, len(windows), batch_size)
     if progress is not None:
-        starts = progress(starts, "perplexity", total=len(starts))
-    out = [(0.0, 0)] * len(docs_tokens)
+        starts = progress(starts, desc, total=len(starts))
+    out: list[float] = []
     model.eval()
     for s in starts:
         chunk = windows[s : s + batch_size]
@@ -76,11 +71,29 @@ def rolling_nll(
         real = torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=real.long()).logits
-        nll = continuation_nll(logits, [cont for _, cont in chunk], lengths)
-        for d, (_, cont), v in zip(
-            owner[s : s + batch_size], chunk, nll.tolist(), strict=True
-        ):
-            out[d] = (out[d][0] + v, out[d][1] + len(cont))
+        out += continuation_nll(logits, [c for _, c in chunk], lengths).tolist()
+    return out
+
+
+def rolling_nll(
+    model: Any,
+    docs_tokens: list[list[int]],
+    prefix: int,
+    pad: int,
+    max_len: int,
+    batch_size: int,
+    progress: Any = None,
+) -> list[tuple[float, int]]:
+    """(summed NLL, predicted tokens) of each document over its rolling windows."""
+    windows, owner = [], []
+    for d, toks in enumerate(docs_tokens):
+        doc_windows = rolling_windows(toks, prefix, max_len)
+        windows += doc_windows
+        owner += [d] * len(doc_windows)
+    nll = windows_nll(model, windows, pad, batch_size, progress)
+    out = [(0.0, 0)] * len(docs_tokens)
+    for d, (_, cont), v in zip(owner, windows, nll, strict=True):
+        out[d] = (out[d][0] + v, out[d][1] + len(cont))
     return out
 
 

@@ -22,6 +22,8 @@ UNLEARN_ROWS = [
 ]
 
 
+# stages.evaluate.multiple_choice
+MC_ROWS = [("MC acc", "mc/acc", ".3f"), ("MC acc_norm", "mc/acc_norm", ".3f")]
 # metrics over the whole of ppl.txt (stages.evaluate.perplexity)
 WHOLE_TEXT_ROWS = [
     ("**perplexity**", "ppl", ".3f"),
@@ -66,7 +68,7 @@ def _rows(results: Results) -> list[tuple[str, str, str]]:
         rows.append(("**mean EM**", "em/mean", ".3f"))
     if any("ppl_answer" in r for r in results.values()):
         rows.append(("**answer perplexity**", "ppl_answer", ".3f"))
-    for label, key, fmt in WHOLE_TEXT_ROWS:
+    for label, key, fmt in [*MC_ROWS, *WHOLE_TEXT_ROWS]:
         if any(key in r for r in results.values()):
             rows.append((label, key, fmt))
     unlearn = {k for r in results.values() for k in r if k in UNLEARN_ROWS}

@@ -40,6 +40,21 @@ class Params(KindParams):
         description="Generation budget; default: longest reference answer + 1.",
     )
 
+    choices_file: str | None = Field(
+        None,
+        description="multiple_choice suite: a JSONL of question/choices/answer "
+        "items (answer: the gold option's index or text); default: items built "
+        "from the world's eval records.",
+        json_schema_extra={"carp_path": "file"},  # checked by `carp validate`
+    )
+    mc_choices: int = Field(
+        4,
+        ge=2,
+        le=26,
+        description="multiple_choice suite without choices_file: options per "
+        "item (the reference answer and others of its family).",
+    )
+
     oracle: str | None = Field(
         None,
         description="unlearning suite: the model among `models` that never saw the "
@@ -89,15 +104,18 @@ def _tokenizer(model_dir: Path, world_dir: Path) -> Any:
 
 
 def result_key(params: Params, model_fp: str, world_fp: str) -> str:
-    """Key of a cached per-model result: params, both inputs' fingerprints and
-    the code of the suites that produce it (a changed suite re-scores)."""
+    """Key of a cached per-model result: params, both inputs' fingerprints,
+    the code of the suites that produce it (a changed suite re-scores) and the
+    content of a ``choices_file``."""
     from pipelines.code import code_files, code_version
 
     root = Path(__file__).resolve().parents[2]
     suites = [SUITES.target(s) for s in params.suites]
     code = code_version(code_files(suites, root), root)
+    from stages.evaluate.multiple_choice import file_digest
+
     blob = params.model_dump_json(exclude={"models"})
-    blob += f"|{model_fp}|{world_fp}|{code}"
+    blob += f"|{model_fp}|{world_fp}|{code}|{file_digest(params.choices_file)}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,10 @@ from pipelines.cli import main
         ("prune", ["depth", "magnitude", "sparsegpt", "wanda", "width"]),
         ("select", ["full", "ifd", "paser", "perplexity", "random"]),
         ("recover", ["distill", "full", "lora"]),
-        ("evaluate", ["world", "exact_match", "perplexity", "unlearning"]),
+        (
+            "evaluate",
+            ["world", "exact_match", "multiple_choice", "perplexity", "unlearning"],
+        ),
     ],
 )
 def test_methods_lists_every_method(kind, names, capsys):
@@ -39,6 +42,7 @@ def test_prune_states_the_nm_convention(capsys):
     out = capsys.readouterr().out
     assert "prune note: pattern: N:M keeps N of every M" in out
     assert "prune_n" in out
+    assert "magnitude 'layer'" in out and "wanda 'row'" in out  # scope defaults
 
 
 def test_unknown_kind_is_a_clear_error(capsys):

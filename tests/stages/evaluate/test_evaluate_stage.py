@@ -41,10 +41,11 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
 
 def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     world, models = folders
-    params = Params(models=["prune", "base"], data="world")
+    suites = ["perplexity", "exact_match", "multiple_choice"]
+    params = Params(models=["prune", "base"], data="world", suites=suites)
     res = run(params, {"data": world, "models": models}, tmp_path, RunContext())
     fams = FAMILIES
-    whole = ["ppl", "word_perplexity", "bits_per_byte"]
+    whole = ["ppl", "word_perplexity", "bits_per_byte", "mc/acc", "mc/acc_norm"]
     headline = [*(f"em/{f}" for f in fams), "em/mean", "ppl_answer", *whole]
     for m in ("prune", "base"):
         keys = {f"{m}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")}
@@ -60,8 +61,9 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     assert res.summary == table
     lines = table.splitlines()
     assert lines[0] == "| | prune | base |"  # columns in the given order
-    rows = [*fams, "**mean EM**", "**answer perplexity**", "**perplexity**"]
-    rows += ["word perplexity", "bits per byte"]
+    rows = [*fams, "**mean EM**", "**answer perplexity**"]
+    rows += ["MC acc", "MC acc_norm", "**perplexity**", "word perplexity"]
+    rows += ["bits per byte"]
     assert [ln.split("|")[1].strip() for ln in lines[2 : 2 + len(rows)]] == rows
     assert "base − prune" in table and "[" in lines[2]
     with open(tmp_path / "results.csv") as f:
@@ -73,13 +75,19 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     assert (tmp_path / "predictions" / "base.jsonl").exists()
     assert (tmp_path / "answers" / "base.jsonl").exists()
     assert (tmp_path / "documents" / "base.jsonl").exists()
+    assert (tmp_path / "choices" / "base.jsonl").exists()
 
 
 def test_registry_lists_the_suites_and_params_validate():
     from stages.evaluate import SUITES
 
     assert METHODS.names() == ["world"]
-    assert set(SUITES.names()) == {"perplexity", "exact_match", "unlearning"}
+    assert set(SUITES.names()) == {
+        "perplexity",
+        "exact_match",
+        "multiple_choice",
+        "unlearning",
+    }
     assert SUITES.describe("perplexity") and SUITES.describe("exact_match")
     with pytest.raises(ValidationError, match="did you mean 'perplexity'"):
         Params(models=["a"], data="w", suites=["perplexty"])
