@@ -27,7 +27,7 @@ MC_ROWS = [("MC acc", "mc/acc", ".3f"), ("MC acc_norm", "mc/acc_norm", ".3f")]
 # metrics over the whole of ppl.txt (stages.evaluate.perplexity)
 WHOLE_TEXT_ROWS = [
     ("**perplexity**", "ppl", ".3f"),
-    ("word perplexity", "word_perplexity", ".3f"),
+    ("word perplexity", "word_perplexity", ".4g"),
     ("bits per byte", "bits_per_byte", ".4f"),
 ]
 
@@ -47,7 +47,8 @@ def families_of(results: Results) -> list[str]:
 
 
 def cell(res: dict[str, float], key: str, fmt: str, signed: bool = False) -> str:
-    """``0.902 [0.87, 0.93]`` (value and its 95% interval, when there is one);
+    """``0.902 [0.87, 0.93]`` (value and its 95% interval, when there is one;
+    bounds to 2 decimals, or in the row's own format when it is not ``.3f``);
     a difference (``signed``) whose interval contains 0 gets ``n.s.``."""
     if key not in res:
         return "-"
@@ -56,7 +57,8 @@ def cell(res: dict[str, float], key: str, fmt: str, signed: bool = False) -> str
     lo, hi = res.get(f"{key}_lo"), res.get(f"{key}_hi")
     if lo is None or hi is None:
         return text
-    text += f" [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+    bound = ".2f" if fmt == ".3f" else fmt
+    text += f" [{lo:{sign}{bound}}, {hi:{sign}{bound}}]"
     if signed and lo <= 0 <= hi:
         text += " n.s."
     return text
