@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from stages.common.train.hostfile import all_local, ranks, read_hostfile
 from stages.common.train.launch import RESULT_FILE, StepSink
 from stages.common.train.schedule import total_steps
 
@@ -37,27 +38,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def hostfile_slots(path: Path, num_nodes: int) -> int:
-    """Ranks a hostfile provides over its first ``num_nodes`` hosts."""
-    slots = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        part = [w for w in line.split() if w.startswith("slots=")]
-        if not part:
-            raise ValueError(f"deepspeed.hostfile: line '{line}' has no slots=N")
-        slots.append(int(part[0].split("=", 1)[1]))
-    return sum(slots[:num_nodes])
+def host_ranks(cfg: Any) -> dict[str, int] | None:
+    """Ranks per host from the declared hostfile and filters (None: no hostfile)."""
+    ds = cfg.deepspeed
+    if not ds.hostfile:
+        return None
+    return ranks(
+        read_hostfile(ds.hostfile), ds.num_nodes, ds.num_gpus, ds.include, ds.exclude
+    )
 
 
 def world_size(cfg: Any) -> int:
     """Total ranks of the declared run."""
     ds = cfg.deepspeed
+    hosts = host_ranks(cfg)
+    if hosts is not None:
+        return sum(hosts.values())
     if ds.num_gpus is not None:
         return ds.num_gpus * ds.num_nodes
-    if ds.hostfile:
-        return hostfile_slots(Path(ds.hostfile), ds.num_nodes)
     import torch
 
     n = torch.cuda.device_count()
@@ -109,16 +107,33 @@ def free_port() -> int:
 
 
 def launcher_argv(cfg: Any, job_file: Path, world: int) -> list[str]:
-    """``deepspeed`` command line (an argv list; no shell)."""
+    """``deepspeed`` command line (an argv list; no shell).
+
+    With a hostfile: ``--hostfile``, then either ``--include``/``--exclude`` or
+    ``--num_nodes`` (+ ``--num_gpus``); ``--master_addr`` when declared, or
+    127.0.0.1 with ``--no_ssh_check`` when every host is this machine (DeepSpeed
+    would otherwise ssh to it)."""
     ds = cfg.deepspeed
     exe = Path(sys.executable).parent / "deepspeed"
     argv = [str(exe if exe.exists() else "deepspeed")]
-    if ds.hostfile:
-        argv += ["--hostfile", str(ds.hostfile), "--num_nodes", str(ds.num_nodes)]
-        if ds.num_gpus is not None:
-            argv += ["--num_gpus", str(ds.num_gpus)]
+    hosts = host_ranks(cfg)
+    if hosts is not None:
+        argv += ["--hostfile", str(ds.hostfile)]
+        if ds.include:
+            argv += ["--include", ds.include]
+        elif ds.exclude:
+            argv += ["--exclude", ds.exclude]
+        else:
+            argv += ["--num_nodes", str(ds.num_nodes)]
+            if ds.num_gpus is not None:
+                argv += ["--num_gpus", str(ds.num_gpus)]
+        local = all_local(hosts)
+        if ds.master_addr or local:
+            argv += ["--master_addr", ds.master_addr or "127.0.0.1"]
+        if local:
+            argv.append("--no_ssh_check")
     else:
-        argv += ["--num_gpus", str(world)]
+        argv += ["--num_gpus", str(world)]  # one node: DeepSpeed uses 127.0.0.1
     argv += [
         "--master_port",
         str(ds.master_port or free_port()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,8 +38,28 @@ class DeepSpeedParams(BaseModel):
     offload_params: bool = Field(
         False, description="Keep parameters in CPU memory (ZeRO-3 only)."
     )
+    master_addr: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$",
+        description="Rendezvous address (the first node's IP or name); None = "
+        "127.0.0.1 when every host is local, else DeepSpeed asks the first "
+        "host over ssh.",
+    )
     master_port: int | None = Field(
         None, ge=1024, le=65535, description="Rendezvous port; None = a free one."
+    )
+    include: str | None = Field(
+        None,
+        pattern=r"^[^@\s]+(@[^@\s]+)*$",
+        description="Hosts/slots of the hostfile to use, DeepSpeed's "
+        "`NAME[:SLOT,...][@NAME...]` (e.g. `node1@node2:0,1`); excludes "
+        "num_gpus/num_nodes.",
+    )
+    exclude: str | None = Field(
+        None,
+        pattern=r"^[^@\s]+(@[^@\s]+)*$",
+        description="Hosts/slots of the hostfile to leave out, same syntax as "
+        "`include`.",
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -57,7 +78,44 @@ class DeepSpeedParams(BaseModel):
                 f"deepspeed.num_nodes is {self.num_nodes}: name the machines in "
                 "deepspeed.hostfile"
             )
+        if self.include and self.exclude:
+            raise ValueError(
+                "deepspeed.include and deepspeed.exclude exclude each other; keep one"
+            )
+        if (self.include or self.exclude) and not self.hostfile:
+            raise ValueError(
+                "deepspeed.include/exclude filter a hostfile: set deepspeed.hostfile"
+            )
+        if (self.include or self.exclude) and (
+            self.num_gpus is not None or self.num_nodes > 1
+        ):
+            raise ValueError(
+                "deepspeed.include/exclude choose the slots themselves: drop "
+                "num_gpus and num_nodes (DeepSpeed refuses both together)"
+            )
         return self
+
+    def local_issues(self, base: Path) -> list[tuple[str, str]]:
+        """Checks that need this machine's files: the hostfile parses and gives
+        the ranks asked for. (field, message) pairs; [] when fine."""
+        if not self.hostfile:
+            return []
+        from stages.common.train.hostfile import ranks, read_hostfile
+
+        path = base / Path(self.hostfile).expanduser()
+        if not path.is_file():
+            return []  # reported by the carp_path check
+        try:
+            ranks(
+                read_hostfile(path),
+                self.num_nodes,
+                self.num_gpus,
+                self.include,
+                self.exclude,
+            )
+        except (ValueError, UnicodeDecodeError) as e:
+            return [("hostfile", str(e))]
+        return []
 
 
 class TrainParams(StageParams):
