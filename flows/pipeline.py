@@ -30,7 +30,14 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from pipelines.graph import Graph, build
 from pipelines.kinds import KINDS, load_kind
 from pipelines.lineage import NULL_RUN
-from pipelines.runtime import Layout, check_owner, open_lineage, run_node
+from pipelines.runtime import (
+    Layout,
+    all_current,
+    check_owner,
+    end_status,
+    open_lineage,
+    run_node,
+)
 from pipelines.spec import load
 
 
@@ -172,15 +179,54 @@ def _run(
     check_owner(graph, layout)
     parallel = max_parallel or graph.decl.header.max_parallel or default_parallel()
     _limit_threads(parallel)
-    run = open_lineage(graph, layout, reuse=False) if track else NULL_RUN
+    # nothing would run: no parent run (it would stay empty)
+    idle = not force and all_current(graph, layout)
+    run = open_lineage(graph, layout, reuse=False) if track and not idle else NULL_RUN
     report = FlowReport()
     try:
         runner = task_runner(parallel)
         with runner:
             _, report = submit_all(graph, layout, run, force, runner)
-    finally:
-        run.end(ok=not report.failed and len(report.done) == len(graph.nodes))
+    except BaseException as e:
+        run.end(ok=False, status=end_status(e))
+        raise
+    run.end(ok=not report.failed and len(report.done) == len(graph.nodes))
     return report
+
+
+class _Subprocess:
+    """``subprocess`` as Prefect's server module sees it while carp starts the
+    server: ``Popen`` children die with the thread that started them."""
+
+    def __getattr__(self, name: str) -> Any:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - subprocess's name
+        import subprocess
+
+        from pipelines.procs import die_with_parent
+
+        return subprocess.Popen(*args, preexec_fn=die_with_parent, **kwargs)
+
+
+def ephemeral_server() -> None:
+    """Start Prefect's temporary API server now, from this (main) thread, so
+    that it dies with this process even on SIGKILL; Prefect would otherwise
+    start it lazily and leave it orphaned. Nothing to do when PREFECT_API_URL
+    names a long-lived server."""
+    from prefect.server.api import server as module
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    real, module.subprocess = module.subprocess, _Subprocess()
+    try:
+        module.SubprocessASGIServer().start()  # the instance Prefect's client reuses
+    finally:
+        module.subprocess = real
 
 
 def run_pipeline(
@@ -191,6 +237,7 @@ def run_pipeline(
     max_parallel: int | None = None,
 ) -> FlowReport:
     """Run the flow and return its report (also when nodes failed)."""
+    ephemeral_server()
     state = carp_pipeline(
         file=file,
         root=str(root),

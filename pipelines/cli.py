@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipelines.contract import UnknownName
@@ -62,7 +65,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.lineage import NULL_RUN
-    from pipelines.runtime import Layout, open_lineage, run_node
+    from pipelines.runtime import Layout, end_status, open_lineage, run_node
 
     graph = _load_graph(args.file, local=True)
     if args.name not in graph.nodes:
@@ -78,12 +81,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
     run = NULL_RUN if args.no_track else open_lineage(graph, layout, reuse=True)
     try:
         run_node(graph, args.name, layout, run, force=True)
-    except Exception as e:
-        if _debug(args):
+    except BaseException as e:
+        run.end(ok=False, status=end_status(e))  # the parent this stage reopened
+        if _debug(args) or not isinstance(e, Exception):
             raise
         print(f"carp: stage '{args.name}' failed: {_one_line(e)}", file=sys.stderr)
         print(DEBUG_HINT, file=sys.stderr)
         return 1
+    run.end(ok=True)
     return 0
 
 
@@ -267,6 +272,29 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where carp runs so that cleanup (temp folders, MLflow
+    runs ended KILLED) happens as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` while carp runs (main thread only);
+    the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("carp")  # only carp's own logger: no library chatter
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
@@ -277,13 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     log.propagate = False
     args = parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with _sigterm_raises():
+            return args.fn(args)
     except DeclarationError as e:
         print(e, file=sys.stderr)
         return 2
     except UnknownName as e:
         print(f"carp: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            "carp: terminated (SIGTERM); the last good outputs are kept",
+            file=sys.stderr,
+        )
+        return 143
     except KeyboardInterrupt:
         print("carp: interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,9 @@
 One parent run per pipeline execution, one child run per stage, linked with an
 explicit ``mlflow.parentRunId`` (not ``nested=True``, which only sees a parent
 opened in the same thread). Under ``dvc repro`` every stage is its own process:
-the parent is found (or created) by declaration hash + git commit.
+the parent is found (or created) by declaration hash + git commit, set RUNNING
+again, and ended by that stage (FINISHED, FAILED, or KILLED when interrupted),
+so it never stays RUNNING after the last stage.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class Lineage:
                 max_results=1,
                 order_by=["attributes.start_time DESC"],
             )
-            if found:
+            if found:  # reopened: this stage ends it again (see PipelineRun.end)
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
                 return found[0].info.run_id
         run = self.client.create_run(
             self.experiment_id,
@@ -193,8 +196,9 @@ class Lineage:
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(run_id, [DatasetInput(dataset=entity, tags=[tag])])
 
-    def end(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def end(self, run_id: str, ok: bool, status: str | None = None) -> None:
+        """FINISHED / FAILED, or ``status`` (KILLED for an interrupted run)."""
+        self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
     def bind(self, parent_id: str) -> PipelineRun:
         return PipelineRun(self, parent_id)
@@ -233,8 +237,8 @@ class PipelineRun:
         self.lineage.log_params(run_id, params)
         return StageRun(self.lineage, run_id)
 
-    def end(self, ok: bool) -> None:
-        self.lineage.end(self.parent_id, ok)
+    def end(self, ok: bool, status: str | None = None) -> None:
+        self.lineage.end(self.parent_id, ok, status)
 
 
 class StageRun:
@@ -261,9 +265,9 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.lineage.set_tags(self.run_id, tags)
 
-    def end(self, ok: bool) -> None:
+    def end(self, ok: bool, status: str | None = None) -> None:
         self.steps.flush()
-        self.lineage.end(self.run_id, ok)
+        self.lineage.end(self.run_id, ok, status)
 
 
 class NullStageRun:
@@ -279,7 +283,7 @@ class NullStageRun:
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
-    def end(self, ok: bool) -> None: ...
+    def end(self, ok: bool, status: str | None = None) -> None: ...
 
 
 class NullRun:
@@ -293,7 +297,7 @@ class NullRun:
     ) -> NullStageRun:
         return NullStageRun()
 
-    def end(self, ok: bool) -> None: ...
+    def end(self, ok: bool, status: str | None = None) -> None: ...
 
 
 NULL_RUN = NullRun()

@@ -329,6 +329,26 @@ def publish(prep: Prepared, layout: Layout, tmp: Path, result: StageResult) -> N
     _write_report(layout, prep.node, out, result.plots)
 
 
+def end_status(e: BaseException | None) -> str:
+    """MLflow status of a run that ended with ``e`` (None: it succeeded)."""
+    if e is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+
+
+def all_current(graph: Graph, layout: Layout) -> bool:
+    """Every node's output is intact and made from its current cache key (a
+    run would skip them all)."""
+    for name in graph.nodes:
+        try:
+            prep = prepare(graph, name, layout)
+        except StageError:
+            return False
+        if not is_current(layout, prep.node, prep.key):
+            return False
+    return True
+
+
 def run_node(
     graph: Graph,
     name: str,
@@ -364,9 +384,9 @@ def run_node(
         result = execute(prep, layout, tmp, stage)
         manifest = json.loads((tmp / MANIFEST).read_text())
         publish(prep, layout, tmp, result)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        stage.end(ok=False)
+        stage.end(ok=False, status=end_status(e))
         raise
     _log_outputs(stage, prep.node, out, result, manifest["fingerprint"])
     if result.summary:

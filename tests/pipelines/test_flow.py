@@ -68,6 +68,10 @@ def test_parallel_nodes_overlap_in_worker_processes_with_lineage(
     assert all(k.info.status == "FINISHED" for k in kids)
     pid = parents[0].info.run_id
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {pid}
+    # a second run skips every node: no empty parent run is added
+    again = run_pipeline(str(f), tmp_path, track=True, max_parallel=2)
+    assert not again.failed and len(again.done) == 8
+    assert len(client.search_runs([exp.experiment_id])) == len(runs)
 
 
 def test_serial_flow_does_not_overlap(tmp_path, toy_kinds, prefect_api):
