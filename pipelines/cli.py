@@ -1,4 +1,4 @@
-"""`carp validate | compile | stage | run | serve | methods | report`."""
+"""`carp validate | compile | stage | run | serve | plan | methods | report`."""
 
 from __future__ import annotations
 
@@ -115,6 +115,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_cron(args.cron)
     _load_graph(args.file, local=True)
     serve(args.file, cron=args.cron, name=args.name)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipelines.plan import hardware, model_overrides, plan, render
+
+    graph = _load_graph(args.file)
+    root = Path.cwd()
+    hw = hardware(args)
+    rows = plan(graph, hw, root, model_overrides(args.model_config, root))
+    print(render(rows, hw))
     return 0
 
 
@@ -241,6 +252,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
     s.add_argument("--name", default=None, help="deployment name")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("plan", help="memory and time each stage needs")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per node (default 0)")
+    s.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    s.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    s.add_argument(
+        "--cpu-memory", type=float, default=None, help="GiB per node (default: this)"
+    )
+    s.add_argument("--gpu-tflops", type=float, default=100.0, help="sustained/GPU")
+    s.add_argument("--cpu-tflops", type=float, default=0.05, help="sustained CPU")
+    s.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="STAGE=CONFIG",
+        help="shape of a model stage: a config.json or llama-2-7b/13b/70b",
+    )
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("methods", help="list registered methods")
     s.add_argument("kind", nargs="?", default=None)

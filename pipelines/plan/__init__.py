@@ -1,0 +1,273 @@
+"""`carp plan FILE`: before anything runs, the memory and time each node needs,
+from the model config (params, layers, hidden sizes, dtype) and the stage's
+params, against the declared hardware (estimators in ``estimators.py``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.plan.estimators import (
+    ESTIMATORS,
+    Context,
+    Estimate,
+    GiB,
+    Hardware,
+)
+from pipelines.plan.shapes import Shape, config_of
+
+N_FAMILIES = 9  # the world's registered task families (default: all)
+
+
+@dataclass(frozen=True)
+class Row:
+    node: str
+    kind: str
+    method: str
+    shape: Shape | None
+    estimate: Estimate | None
+    warning: str = ""
+
+
+def _records(node: Any, records: dict[str, int]) -> int:
+    p = node.params
+    if node.kind == "world":
+        return int(p.pool_size)
+    if node.kind == "select":
+        pool = records.get(node.inputs.get("pool", ""), 0)
+        b = p.budget
+        return int(b) if isinstance(b, int) else int(round(pool * float(b)))
+    if node.kind in ("dataset", "evaluate"):
+        src = node.inputs.get("world") or node.inputs.get("data") or ""
+        if node.kind == "evaluate":
+            return _eval_records(node, records.get(f"{src}#eval", 0))
+        return records.get(src, 0)
+    return 0
+
+
+def _eval_records(node: Any, per_family: int) -> int:
+    cap = node.params.max_samples_per_family
+    n = min(per_family, cap) if cap else per_family
+    return N_FAMILIES * n
+
+
+def _shape(
+    node: Any,
+    shapes: dict[str, Shape | None],
+    root: Path,
+    overrides: dict[str, Shape],
+    vocab: dict[str, int],
+) -> Shape | None:
+    p, ins = node.params, node.inputs
+    if node.stage in overrides:
+        return overrides[node.stage]
+    if node.kind == "pretrain":
+        return Shape(
+            hidden=p.hidden_size,
+            intermediate=p.intermediate_size,
+            layers=p.layers,
+            heads=p.heads,
+            kv_heads=p.kv_heads,
+            vocab=vocab.get(ins["data"], 512),
+            tied=True,
+            dtype="float32",
+            source="pretrain params",
+        )
+    if node.kind == "pretrained":
+        return config_of(p.path, root)
+    first = ins.get("model") or ins.get("models")
+    if isinstance(first, list):
+        first = first[0] if first else None
+    s = shapes.get(first) if first else None
+    if s is None or node.kind != "prune":
+        return s
+    from dataclasses import replace
+
+    s = replace(s, dtype=p.dtype)
+    if p.method == "width":
+        return s.scaled(1 - p.sparsity)
+    if p.method == "depth":
+        blocks = getattr(p, "blocks", None)
+        drop = len(blocks) if blocks else round(s.layers * p.sparsity)
+        return s.scaled(1.0, layers=max(1, s.layers - drop))
+    return s
+
+
+def _world(node: Any, hw: Hardware, root: Path) -> int:
+    ds = getattr(node.params, "deepspeed", None)
+    if ds is None or node.params.launcher != "deepspeed":
+        return 1
+    if ds.hostfile:
+        from stages.common.train.hostfile import ranks, read_hostfile
+
+        path = root / ds.hostfile
+        if path.is_file():
+            pool = read_hostfile(path)
+            return sum(
+                ranks(pool, ds.num_nodes, ds.num_gpus, ds.include, ds.exclude).values()
+            )
+    per = ds.num_gpus if ds.num_gpus is not None else max(hw.gpus, 1)
+    return per * ds.num_nodes
+
+
+def plan(
+    graph: Any, hw: Hardware, root: Path, overrides: dict[str, Shape] | None = None
+) -> list[Row]:
+    """One row per node, in run order."""
+    shapes: dict[str, Shape | None] = {}
+    records: dict[str, int] = {}
+    vocab: dict[str, int] = {}
+    rows = []
+    for node in graph.nodes.values():
+        if node.kind == "world":
+            vocab[node.name] = node.params.vocab_size
+            records[f"{node.name}#eval"] = node.params.eval_per_family
+        shape = _shape(node, shapes, root, overrides or {}, vocab)
+        shapes[node.name] = shape
+        first = node.inputs.get("model") or node.inputs.get("models")
+        if isinstance(first, list):
+            first = first[0] if first else None
+        # estimators read the model a node loads; the table shows what it makes
+        seen = shapes.get(first) if first else shape
+        records[node.name] = _records(node, records)
+        fn = ESTIMATORS.get(node.kind)
+        needs_model = node.kind in (
+            "prune",
+            "recover",
+            "unlearn",
+            "merge",
+            "evaluate",
+            "pretrain",
+        )
+        method = str(getattr(node.params, "method", ""))
+        if fn is None or (needs_model and seen is None):
+            lost = [
+                n.stage
+                for n in graph.nodes.values()
+                if n.kind == "pretrained" and shapes.get(n.name) is None
+            ]
+            why = (
+                f"no model config: give --model-config {lost[0]}=PATH|llama-2-7b"
+                if fn and lost
+                else ("no estimator" if fn is None else "no model input")
+            )
+            rows.append(Row(node.name, node.kind, method, shape, None, why))
+            continue
+        data = node.inputs.get("data") or node.inputs.get("forget") or ""
+        n = (
+            records[node.name]
+            if node.kind in ("select", "evaluate")
+            else records.get(data if isinstance(data, str) else "", 0)
+        )
+        ctx = Context(seen, n, hw, _world(node, hw, root))
+        est = fn(node.params, ctx)
+        rows.append(
+            Row(node.name, node.kind, method, shape, est, _fits(est, hw, ctx.world))
+        )
+    return rows
+
+
+def _fits(est: Estimate, hw: Hardware, world: int) -> str:
+    if est.device == "gpu" and est.device_bytes > hw.gpu_bytes:
+        return (
+            f"needs {est.device_bytes / GiB:.1f} GiB per GPU, "
+            f"{hw.gpu_bytes / GiB:.0f} GiB declared"
+        )
+    if est.cpu_bytes > hw.cpu_bytes:
+        return (
+            f"needs {est.cpu_bytes / GiB:.1f} GiB host memory per node, "
+            f"{hw.cpu_bytes / GiB:.0f} GiB declared"
+        )
+    return ""
+
+
+def _size(b: float) -> str:
+    return f"{b / GiB:.1f} GiB" if b >= GiB else f"{b / 2**20:.0f} MiB"
+
+
+def _time(s: float) -> str:
+    if s < 1:
+        return "<1 s"
+    for unit, div in (("h", 3600), ("min", 60)):
+        if s >= div:
+            return f"{s / div:.1f} {unit}"
+    return f"{s:.0f} s"
+
+
+def render(rows: list[Row], hw: Hardware) -> str:
+    """A markdown table and one warning line per stage that cannot fit."""
+    gpus = f"{hw.gpus} GPU(s) of {hw.gpu_bytes / GiB:.0f} GiB" if hw.gpus else "no GPU"
+    head = (
+        f"hardware: {hw.nodes} node(s) x {gpus}, {hw.cpu_bytes / GiB:.0f} GiB host "
+        f"memory; {hw.gpu_tflops:g} TFLOPS/GPU, {hw.cpu_tflops:g} TFLOPS CPU"
+    )
+    lines = [
+        head,
+        "",
+        "| node | kind | method | model params | on | peak device | peak host "
+        "| time | how |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    warn = []
+    for r in rows:
+        params = (
+            f"{r.shape.params / 1e9:.2f} B"
+            if r.shape and r.shape.params >= 1e8
+            else (f"{r.shape.params:,}" if r.shape else "-")
+        )
+        e = r.estimate
+        if e is None:
+            lines.append(
+                f"| {r.node} | {r.kind} | {r.method} | {params} | - | - | - "
+                f"| - | {r.warning} |"
+            )
+            continue
+        lines.append(
+            f"| {r.node} | {r.kind} | {r.method} | {params} | {e.device} | "
+            f"{_size(e.device_bytes)} | {_size(e.cpu_bytes)} | {_time(e.seconds)} | "
+            f"{e.detail} |"
+        )
+        if r.warning:
+            warn.append(f"WARNING {r.node}: {r.warning}")
+    return "\n".join(lines + ([""] + warn if warn else []))
+
+
+def host_memory() -> float:
+    """This machine's memory (the default declared host memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def hardware(args: Any) -> Hardware:
+    """The declared hardware from `carp plan`'s options (host memory defaults
+    to this machine's)."""
+    return Hardware(
+        gpus=args.gpus,
+        nodes=args.nodes,
+        gpu_bytes=args.gpu_memory * GiB,
+        cpu_bytes=(args.cpu_memory * GiB) if args.cpu_memory else host_memory(),
+        gpu_tflops=args.gpu_tflops,
+        cpu_tflops=args.cpu_tflops,
+    )
+
+
+def model_overrides(values: list[str], root: Path) -> dict[str, Shape]:
+    """``STAGE=llama-2-7b|PATH`` pairs of ``--model-config``."""
+    from pipelines.plan.shapes import load_config_arg
+
+    out = {}
+    for v in values:
+        stage, sep, what = v.partition("=")
+        if not sep or not stage or not what:
+            raise ValueError(
+                f"--model-config {v!r}: write STAGE=CONFIG (e.g. base=llama-2-7b)"
+            )
+        out[stage] = load_config_arg(what, root)
+    return out
