@@ -245,6 +245,19 @@ def check_owner(graph: Graph, layout: Layout, names: list[str] | None = None) ->
     )
 
 
+def remote_code(prep: Prepared) -> bool:
+    """``trust_remote_code`` declared on this node (``pretrained``) or recorded
+    on one of its inputs: the node's output records it in turn, so loaders of
+    models made from a trusted checkpoint run its code, and no others do."""
+    if getattr(prep.node.params, "trust_remote_code", False) is True:
+        return True
+    for value in prep.inputs.values():
+        for path in value if isinstance(value, list) else [value]:
+            if (read_manifest(path) or {}).get("trust_remote_code") is True:
+                return True
+    return False
+
+
 def stage_tags(prep: Prepared, layout: Layout) -> dict[str, str]:
     """MLflow tags of a node's child run."""
     from pipelines.lineage import git_commit
@@ -261,6 +274,8 @@ def stage_tags(prep: Prepared, layout: Layout) -> dict[str, str]:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if remote_code(prep):
+        tags["carp.trust_remote_code"] = "true"
     for k, v in prep.input_fps.items():  # fingerprints, and the nodes they are
         tags[f"carp.input.{k}"] = ",".join(v) if isinstance(v, list) else v
         names = node.inputs.get(k, [])
@@ -318,6 +333,8 @@ def execute(prep: Prepared, layout: Layout, tmp: Path, stage: Any) -> StageResul
         "sizes": file_sizes(tmp),
         **result.extra_manifest,
     }
+    if remote_code(prep):
+        manifest["trust_remote_code"] = True
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return result
 

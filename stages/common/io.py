@@ -1,6 +1,7 @@
 """Artifact I/O: HF checkpoints, pruning masks and JSONL datasets.
 
-Safetensors only; ``trust_remote_code`` stays off unless asked for.
+Safetensors only; ``trust_remote_code`` stays off unless the model's manifest
+records it as declared (:func:`trusts_remote_code`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,27 @@ class CorruptDataError(ValueError):
     (and, for JSONL, the line)."""
 
 
-def load_model(path: Path, dtype: Any = None, trust_remote_code: bool = False) -> Any:
-    """Load an HF causal LM from a local folder (no hub access)."""
+def trusts_remote_code(path: Path) -> bool:
+    """Whether the model folder's manifest (``carp.json``) records
+    ``trust_remote_code: true``: declared on its ``pretrained`` stage and
+    carried by every model made from it. Anything else, no remote code."""
+    try:
+        manifest = json.loads((Path(path) / "carp.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("trust_remote_code") is True
+
+
+def load_model(
+    path: Path, dtype: Any = None, trust_remote_code: bool | None = None
+) -> Any:
+    """Load an HF causal LM from a local folder (no hub access); the model's own
+    code only when its manifest records it as declared (or when asked)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    if trust_remote_code is None:
+        trust_remote_code = trusts_remote_code(path)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(path),
@@ -42,8 +59,11 @@ def load_model(path: Path, dtype: Any = None, trust_remote_code: bool = False) -
         ) from e
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(path: Path, trust_remote_code: bool | None = None) -> Any:
     from transformers import AutoTokenizer
+
+    if trust_remote_code is None:
+        trust_remote_code = trusts_remote_code(path)
 
     return AutoTokenizer.from_pretrained(
         str(path), trust_remote_code=trust_remote_code, local_files_only=True

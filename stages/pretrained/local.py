@@ -30,16 +30,24 @@ def bring(params: _Base, out_dir: Path) -> StageResult:
         )
     for f in sorted(src.glob("*.safetensors")):
         check_safetensors(f)
+    cfg = json.loads((src / "config.json").read_text())
+    if cfg.get("auto_map") and not params.trust_remote_code:
+        raise ValueError(
+            f"path: {src} ships its own modelling code (config.json auto_map); "
+            "carp does not run it unless this stage declares "
+            "`trust_remote_code: true` (recorded in its manifest and MLflow run)"
+        )
+    # the checkpoint's own code (*.py) comes along only when it is trusted
+    suffixes = WEIGHT_SUFFIXES + ((".py",) if params.trust_remote_code else ())
     n = 0
     for f in sorted(src.iterdir()):
-        if f.is_file() and f.suffix in WEIGHT_SUFFIXES:
+        if f.is_file() and f.suffix in suffixes:
             dest = out_dir / f.name
             if params.link:
                 dest.symlink_to(f.resolve())
             else:
                 shutil.copy2(f, dest)
             n += 1
-    cfg = json.loads((src / "config.json").read_text())
     return StageResult(
         metrics={"files": n},
         extra_manifest={

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from pipelines.procs import die_with_parent
+from stages.common.train.ds_paths import confine
 from stages.common.train.hostfile import all_local, ranks, read_hostfile
 from stages.common.train.launch import RESULT_FILE, StepSink
 from stages.common.train.schedule import total_steps
@@ -179,7 +181,7 @@ def run_deepspeed(job: dict[str, Any], cfg: Any, ctx: RunContext) -> dict[str, A
     """Run ``job`` on ``world`` ranks through the DeepSpeed launcher."""
     out_dir = Path(job["out_dir"])
     world = world_size(cfg)
-    conf = deepspeed_config(cfg, world)
+    conf = confine(deepspeed_config(cfg, world), out_dir)  # files stay in out_dir
     (out_dir / CONFIG_FILE).write_text(json.dumps(conf, indent=2, sort_keys=True))
     work = Path(tempfile.mkdtemp(prefix="carp-ds-"))
     job = {
@@ -212,7 +214,7 @@ def run_deepspeed(job: dict[str, Any], cfg: Any, ctx: RunContext) -> dict[str, A
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # the launcher, then its ranks, stop
         )
         try:
             pos = 0
@@ -237,19 +239,6 @@ def run_deepspeed(job: dict[str, Any], cfg: Any, ctx: RunContext) -> dict[str, A
     result = json.loads((work / RESULT_FILE).read_text())
     shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def _die_with_parent() -> None:
-    """Linux: the launcher gets SIGTERM if the stage process dies (even by
-    SIGKILL), and DeepSpeed's launcher then stops its ranks."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
-            1, signal.SIGTERM
-        )  # 1 = PDEATHSIG
-    except OSError:
-        pass
 
 
 def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.contract import StageParams
 
@@ -63,8 +63,20 @@ class DeepSpeedParams(BaseModel):
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra DeepSpeed config keys merged over the resolved config.",
+        description="Extra DeepSpeed config keys merged over the resolved config; "
+        "keys that write files (monitor output_path, nvme_path, ...) take paths "
+        "relative to the stage's output folder.",
     )
+
+    @field_validator("config")
+    @classmethod
+    def _confined(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from stages.common.train.ds_paths import path_issues
+
+        issues = path_issues(v)
+        if issues:
+            raise ValueError("; ".join(issues))
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> DeepSpeedParams:
