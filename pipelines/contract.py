@@ -38,6 +38,9 @@ def Input(kind: str, description: str, default: Any = ..., **kw: Any) -> Any:
     return Field(default, description=description, json_schema_extra=extra, **kw)
 
 
+MAX_SEED = 2**32 - 1  # NumPy's generators take seeds in [0, 2^32)
+
+
 class StageParams(BaseModel):
     """Fields every stage accepts. Kinds subclass this; methods subclass the kind."""
 
@@ -45,7 +48,11 @@ class StageParams(BaseModel):
 
     method: str = Field(..., description="Registered method name (`carp methods`).")
     seed: int | None = Field(
-        None, description="Random seed; defaults to the pipeline's `seed`."
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed (0 to 2^32-1, what NumPy accepts); defaults to "
+        "the pipeline's `seed`.",
     )
 
     @classmethod

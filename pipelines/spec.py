@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.contract import RegistryError, StageParams, UnknownName
+from pipelines.contract import MAX_SEED, RegistryError, StageParams, UnknownName
 from pipelines.kinds import KINDS, load_kind
 
 STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # fullmatch: no "\n"
@@ -32,7 +32,13 @@ class PipelineHeader(BaseModel):
 
     pipeline: str = Field(..., description="Pipeline name (MLflow experiment, flow).")
     description: str | None = Field(None, description="Free text.")
-    seed: int = Field(0, strict=True, description="Default seed of every stage.")
+    seed: int = Field(
+        0,
+        strict=True,
+        ge=0,
+        le=MAX_SEED,
+        description="Default seed of every stage (0 to 2^32-1).",
+    )
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI (sqlite:///, file:///, http(s)://, "
@@ -343,9 +349,17 @@ def _variants(
         if (
             not isinstance(seeds, list)
             or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                for s in seeds
+            )
         ):
-            issues.append(Issue(f"{path}.seeds", "must be a non-empty list of ints"))
+            issues.append(
+                Issue(
+                    f"{path}.seeds",
+                    f"must be a non-empty list of ints from 0 to {MAX_SEED}",
+                )
+            )
         else:
             axes.append([(f"s{s}", {"seed": s}) for s in seeds])
     if not axes:
@@ -487,7 +501,8 @@ def _validate_stage(
     variants = []
     seen: set[str] = set()
     inputs = {f for cls in classes.values() for f in cls.input_fields()}
-    for key in sorted(inputs & set(body.get("matrix") or {})):
+    matrix = body.get("matrix") if isinstance(body.get("matrix"), dict) else {}
+    for key in sorted(inputs & set(matrix)):
         issues.append(
             Issue(
                 f"{path}.matrix.{key}",
@@ -496,7 +511,7 @@ def _validate_stage(
             )
         )
     expanded = _variants(name, body, fields, issues)
-    method_swept = len(classes) > 1 or "method" in (body.get("matrix") or {})
+    method_swept = len(classes) > 1 or "method" in matrix
     for label, over in expanded:
         values = {**base, **over}
         if method_swept:

@@ -31,7 +31,10 @@ class Params(StageParams):
         True, description="Symlink files instead of copying them (large models)."
     )
     trust_remote_code: bool = Field(
-        False, description="Allow the checkpoint's own modelling code (off by default)."
+        False,
+        strict=True,  # a security switch: true or false, not 'yes' or 1
+        description="Run the checkpoint's own modelling code (off by default); "
+        "recorded in the manifest of this and every derived model.",
     )
 
     @field_validator("path")

@@ -253,7 +253,7 @@ def test_cycle_in_a_long_chain_is_reported_without_recursion(toy_kinds):
 def test_over_long_variant_name_is_refused(toy_kinds):
     stages = {"src": {"kind": "toysrc", "matrix": {"n": list(range(1, 80))}}}
     build(validate({"pipeline": "ok", "stages": stages}))  # short labels: fine
-    long = {"a" * 60: {"kind": "toysrc", "seeds": [10**120, 1]}}
+    long = {"a" * 60: {"kind": "toysrc", "matrix": {"n": [10**120, 1]}}}
     with pytest.raises(DeclarationError, match="too long"):
         build(validate({"pipeline": "long", "stages": long}))
 
