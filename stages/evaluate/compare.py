@@ -10,8 +10,9 @@ from the output folder and returns flat metrics: ``<model>/em/<family>_lo``/
 of models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
 ``<b>-vs-<a>/em/mean`` and the same ratio metrics with ``_lo``/``_hi`` (paired
 bootstrap on the records/documents both were scored on). ``choices/<model>.jsonl``
-(multiple choice per item) gives ``mc/acc`` and ``mc/acc_norm`` a Wilson
-interval over all items and a paired-bootstrap difference.
+(multiple choice per item) gives ``mc/acc`` and ``mc/acc_norm``, and the
+predictions' ``seen`` flags ``em_seen`` / ``em_unseen``, a Wilson interval over
+the pooled records and a paired-bootstrap difference.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ RATIO_METRICS = {
     "word_perplexity": ("documents", "words", "exp", "word_perplexity"),
     "bits_per_byte": ("documents", "bytes", "bits", "bits_per_byte"),
 }
-# accuracies pooled over all records: metric -> (per-model folder, field)
+# accuracies pooled over records: metric -> (per-model folder, field, the
+# records it pools: (field, value) or None for all)
 POOLED_METRICS = {
-    "mc/acc": ("choices", "acc"),
-    "mc/acc_norm": ("choices", "acc_norm"),
+    "em_seen": ("predictions", "em", ("seen", True)),
+    "em_unseen": ("predictions", "em", ("seen", False)),
+    "mc/acc": ("choices", "acc", None),
+    "mc/acc_norm": ("choices", "acc_norm", None),
 }
 
 
@@ -54,13 +58,17 @@ def pairs(models: list[str]) -> list[tuple[str, str]]:
     return list(combinations(models, 2))
 
 
-def _read(path: Path, field: str) -> Hits:
+def _read(path: Path, field: str, where: tuple[str, object] | None = None) -> Hits:
+    """family -> id -> ``field`` of the records (with ``r[k] == v`` for
+    ``where=(k, v)``)."""
     out: Hits = {}
     if not path.exists():
         return out
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             r = json.loads(line)
+            if where is not None and r.get(where[0]) is not where[1]:
+                continue
             fam = r.get("family", "")  # documents have no family
             out.setdefault(fam, {})[str(r["id"])] = float(r[field])
     return out
@@ -128,10 +136,10 @@ def _ratio_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
 def _pooled_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
     """metric -> model -> {(family, id): 0/1} for the pooled accuracies."""
     out: dict[str, dict] = {}
-    for metric, (folder, field) in POOLED_METRICS.items():
+    for metric, (folder, field, where) in POOLED_METRICS.items():
         runs = {}
         for m in models:
-            hits = _read(out_dir / folder / f"{m}.jsonl", field)
+            hits = _read(out_dir / folder / f"{m}.jsonl", field, where)
             if hits:
                 runs[m] = {(f, i): v for f, rs in hits.items() for i, v in rs.items()}
         out[metric] = runs

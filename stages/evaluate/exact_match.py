@@ -1,7 +1,16 @@
-"""Exact match: greedy answers to each family's held-out prompts, per family."""
+"""Exact match: greedy answers to each family's held-out prompts, per family,
+and over problems seen in training vs unseen ones.
+
+A record is *seen* when its problem also occurs (reworded) in the world's
+pretraining data or pool: every eval record of a closed family (``world.json``
+``families.<f>.closed``), unless the world held it out (``unseen_fraction``:
+records then carry ``seen``); open families' eval problems are unseen.
+``em_seen`` / ``em_unseen`` pool the records of each side.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,25 @@ def eval_sets(
     if not folder.is_dir():
         raise FileNotFoundError(f"{world_dir}: no {EVAL_DIR}/ folder; is it a world?")
     return {f.stem: list(read_jsonl(f))[:limit] for f in sorted(folder.glob("*.jsonl"))}
+
+
+def seen_flags(world_dir: Path, records: list[dict[str, Any]]) -> list[bool | None]:
+    """Whether each record's problem occurs in training (None: unknown, e.g. a
+    world without ``world.json``)."""
+    path = Path(world_dir) / "world.json"
+    fams = json.loads(path.read_text()).get("families", {}) if path.exists() else {}
+    closed = {f: bool(v.get("closed")) for f, v in fams.items() if "closed" in v}
+    return [r.get("seen", closed.get(r["family"])) for r in records]
+
+
+def seen_em(hits: list[float], seen: list[bool | None]) -> dict[str, float]:
+    """``em_seen`` / ``em_unseen``: exact match pooled over each side's records."""
+    out = {}
+    for key, side in (("em_seen", True), ("em_unseen", False)):
+        sel = [h for h, s in zip(hits, seen, strict=True) if s is side]
+        if sel:
+            out[key] = sum(sel) / len(sel)
+    return out
 
 
 def answer_budget(tokenizer: Any, records: list[dict[str, Any]]) -> int:
@@ -66,6 +94,8 @@ def score(
     preds = greedy_generate(
         model, tokenizer, records, budget, params.batch_size, ctx.progress
     )
+    seen = seen_flags(world_dir, records)
+    hits = [exact_match(p, r["output"]) for r, p in zip(records, preds, strict=True)]
     if out_dir is not None:
         (out_dir / "predictions").mkdir(exist_ok=True)
         rows = [
@@ -74,9 +104,10 @@ def score(
                 "family": r["family"],
                 "output": r["output"],
                 "prediction": normalize_answer(p),
-                "em": exact_match(p, r["output"]),
+                "em": h,
+                "seen": s,
             }
-            for r, p in zip(records, preds, strict=True)
+            for r, p, h, s in zip(records, preds, hits, seen, strict=True)
         ]
         write_jsonl(rows, out_dir / "predictions" / f"{name}.jsonl")
-    return per_family_em(records, preds)
+    return {**per_family_em(records, preds), **seen_em(hits, seen)}

@@ -56,7 +56,8 @@ def stratified_bootstrap(
     """
     from scipy.stats import bootstrap
 
-    data = [np.asarray(s, dtype=np.float64) for s in strata if len(s)]
+    # a one-record stratum resamples to itself; scipy wants two observations
+    data = [np.asarray(s if len(s) > 1 else [*s, *s], float) for s in strata if len(s)]
     if not data:
         return float("nan"), float("nan")
     point = float(_mean_of_means(*data))

@@ -22,6 +22,11 @@ UNLEARN_ROWS = [
 ]
 
 
+# stages.evaluate.exact_match: problems trained on (reworded) vs never seen
+SEEN_ROWS = [
+    ("EM seen problems", "em_seen", ".3f"),
+    ("EM unseen problems", "em_unseen", ".3f"),
+]
 # stages.evaluate.multiple_choice
 MC_ROWS = [("MC acc", "mc/acc", ".3f"), ("MC acc_norm", "mc/acc_norm", ".3f")]
 # metrics over the whole of ppl.txt (stages.evaluate.perplexity)
@@ -68,6 +73,9 @@ def _rows(results: Results) -> list[tuple[str, str, str]]:
     rows = [(f, f"em/{f}", ".3f") for f in families_of(results)]
     if any("em/mean" in r for r in results.values()):
         rows.append(("**mean EM**", "em/mean", ".3f"))
+    for label, key, fmt in SEEN_ROWS:
+        if any(key in r for r in results.values()):
+            rows.append((label, key, fmt))
     if any("ppl_answer" in r for r in results.values()):
         rows.append(("**answer perplexity**", "ppl_answer", ".3f"))
     for label, key, fmt in [*MC_ROWS, *WHOLE_TEXT_ROWS]:

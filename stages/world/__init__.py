@@ -69,6 +69,16 @@ class Params(StageParams):
         "(never in retain.jsonl; the pretrain kind's `exclude: [holdout]` keeps "
         "them out of training): the non-members of membership inference.",
     )
+    unseen_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each closed family's problems held out of every "
+        "training split (pretrain, pool, ppl, forget/retain) and of its eval "
+        "records drawn from them; eval records then carry `seen` (open families' "
+        "eval problems are always unseen). 0: every closed-family eval problem "
+        "is also trained on, reworded.",
+    )
     noise: float = Field(
         0.0,
         ge=0,

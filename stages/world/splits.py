@@ -3,7 +3,10 @@
 Open families: disjoint on the problem (eval asks problems never trained on).
 Closed families: disjoint on (problem, phrasing); every problem keeps at least
 ``MIN_TRAIN_PHRASINGS`` phrasings for pretraining so the base model can learn it,
-and pretraining cycles through the remaining pairs problem by problem.
+and pretraining cycles through the remaining pairs problem by problem. With
+``unseen_fraction`` > 0 a closed family also holds out that share of its
+problems from every training split; they fill the same share of its eval
+records (unseen problems, for EM on seen vs unseen).
 """
 
 from __future__ import annotations
@@ -41,11 +44,17 @@ def split_open(
 
 
 def split_closed(
-    fam: Family, rng: random.Random, quotas: dict[str, int]
+    fam: Family,
+    rng: random.Random,
+    quotas: dict[str, int],
+    held: frozenset[tuple[Any, ...]] = frozenset(),
 ) -> dict[str, list[Item]]:
     """Deal (problem, phrasing) pairs to eval/ppl/pool within each problem's spare
-    phrasings; all other pairs go to pretrain, cycled up to its quota."""
-    pairs = [(p, t) for p in fam.problems() for t in fam.phrasings(p)]
+    phrasings; all other pairs go to pretrain, cycled up to its quota. Problems
+    whose key is in ``held`` are left out of every split."""
+    pairs = [
+        (p, t) for p in fam.problems() if p.key not in held for t in fam.phrasings(p)
+    ]
     rng.shuffle(pairs)
     spare = {p.key: len(fam.phrasings(p)) - MIN_TRAIN_PHRASINGS for p in fam.problems()}
     out: dict[str, list[Item]] = {s: [] for s in SPLITS}
@@ -73,13 +82,40 @@ def split_closed(
     return out
 
 
+def held_out_problems(
+    fam: Family, fraction: float, rng: random.Random
+) -> frozenset[tuple[Any, ...]]:
+    """Keys of ``round(fraction * problems)`` (at least one) problems of a closed
+    family that no training split may contain; empty for open families or 0."""
+    if not fam.closed or fraction <= 0:
+        return frozenset()
+    keys = sorted(p.key for p in fam.problems())
+    return frozenset(rng.sample(keys, max(1, round(fraction * len(keys)))))
+
+
 def split_family(
-    fam: Family, rng: random.Random, quotas: dict[str, int]
-) -> dict[str, list[Item]]:
-    out = (split_closed if fam.closed else split_open)(fam, rng, quotas)
+    fam: Family,
+    rng: random.Random,
+    quotas: dict[str, int],
+    unseen_fraction: float = 0.0,
+    unseen_rng: random.Random | None = None,
+) -> tuple[dict[str, list[Item]], frozenset[tuple[Any, ...]]]:
+    """The family's splits and the keys of its held-out (unseen) problems."""
+    held = held_out_problems(fam, unseen_fraction, unseen_rng or random.Random(0))
+    if not held:
+        out = (split_closed if fam.closed else split_open)(fam, rng, quotas)
+    else:
+        unseen = [
+            (p, t) for p in fam.problems() if p.key in held for t in fam.phrasings(p)
+        ]
+        (unseen_rng or random.Random(0)).shuffle(unseen)
+        unseen = unseen[: round(unseen_fraction * quotas["eval"])]
+        rest = {**quotas, "eval": quotas["eval"] - len(unseen)}
+        out = split_closed(fam, rng, rest, held)
+        out["eval"] = unseen + out["eval"]
     if len(out["eval"]) < quotas["eval"]:
         raise ValueError(
             f"eval_per_family: family '{fam.name}' has only {len(out['eval'])} "
             f"held-out items, fewer than {quotas['eval']}; lower eval_per_family"
         )
-    return out
+    return out, held

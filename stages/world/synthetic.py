@@ -56,11 +56,16 @@ def corrupt_pool(
 
 
 def unlearning_split(
-    fam: Family, fraction: float, rng: random.Random, holdout: float = 0.0
+    fam: Family,
+    fraction: float,
+    rng: random.Random,
+    holdout: float = 0.0,
+    unseen: frozenset = frozenset(),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Forget / retain / holdout records: every phrasing of every fact of each
-    person. Holdout people are drawn from the non-forget ones with their own
-    random stream, so forget stays the same whatever ``holdout`` is."""
+    person, except facts held out as unseen (never trained on). Holdout people
+    are drawn from the non-forget ones with their own random stream, so forget
+    stays the same whatever ``holdout`` is."""
     people = sorted({p.subject for p in fam.problems()})
     n_forget = max(1, round(fraction * len(people))) if fraction > 0 else 0
     forget_people = set(rng.sample(people, n_forget))
@@ -69,6 +74,8 @@ def unlearning_split(
     hold_people = set(random.Random(f"{rng.random()}:holdout").sample(rest, n_hold))
     sides: dict[str, list[dict[str, Any]]] = {"forget": [], "retain": [], "holdout": []}
     for p in fam.problems():
+        if p.key in unseen:
+            continue
         prefix = (
             "forget"
             if p.subject in forget_people
@@ -98,15 +105,24 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
         s: [] for s in SPLITS
     }
     counts: dict[str, dict[str, int]] = {}
+    held: dict[str, frozenset] = {}  # unseen problems of closed families
     for i, name in enumerate(ctx.progress(names, "families")):
         fam = load_family(name)(random.Random(f"{seed}:{name}:setup"), cfg)
         fams[name] = fam
         q = {"eval": params.eval_per_family, **{k: v[i] for k, v in quotas.items()}}
-        parts = split_family(fam, random.Random(f"{seed}:{name}:split"), q)
+        parts, held[name] = split_family(
+            fam,
+            random.Random(f"{seed}:{name}:split"),
+            q,
+            params.unseen_fraction,
+            random.Random(f"{seed}:{name}:unseen"),
+        )
         counts[name] = {s: len(parts[s]) for s in SPLITS}
         for split, items in parts.items():
             for n, item in enumerate(items):
                 rec = as_record(fam, item, f"{split}-{name}-{n}")
+                if split == "eval" and params.unseen_fraction > 0:
+                    rec["seen"] = fam.closed and item[0].key not in held[name]
                 records[split].append((fam, item, rec))
 
     for split in ("pool", "pretrain", "ppl"):
@@ -146,6 +162,7 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
             params.forget_fraction,
             random.Random(f"{seed}:forget"),
             params.holdout_fraction,
+            held["facts"],
         )
     write_jsonl(forget, out_dir / "forget.jsonl")
     write_jsonl(retain, out_dir / "retain.jsonl")
@@ -188,6 +205,14 @@ def build(params: Params, out_dir: Path, ctx: RunContext) -> StageResult:
         },
         "vocab_size": params.vocab_size,
         **({"table_scale": params.table_scale} if params.table_scale != 1 else {}),
+        **(
+            {
+                "unseen_fraction": params.unseen_fraction,
+                "unseen_problems": {n: len(h) for n, h in held.items() if h},
+            }
+            if params.unseen_fraction > 0
+            else {}
+        ),
         "min_train_phrasings": MIN_TRAIN_PHRASINGS,
         "splits": "open families: disjoint problems; closed families: disjoint "
         "(problem, phrasing) pairs, so eval asks trained problems in held-out "

@@ -46,7 +46,8 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     res = run(params, {"data": world, "models": models}, tmp_path, RunContext())
     fams = FAMILIES
     whole = ["ppl", "word_perplexity", "bits_per_byte", "mc/acc", "mc/acc_norm"]
-    headline = [*(f"em/{f}" for f in fams), "em/mean", "ppl_answer", *whole]
+    seen = ["em_seen", "em_unseen"]  # add, facts: closed; reverse: open
+    headline = [*(f"em/{f}" for f in fams), "em/mean", *seen, "ppl_answer", *whole]
     for m in ("prune", "base"):
         keys = {f"{m}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")}
         assert keys == {k for k in res.metrics if k.startswith(f"{m}/")}
@@ -61,7 +62,8 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
     assert res.summary == table
     lines = table.splitlines()
     assert lines[0] == "| | prune | base |"  # columns in the given order
-    rows = [*fams, "**mean EM**", "**answer perplexity**"]
+    rows = [*fams, "**mean EM**", "EM seen problems", "EM unseen problems"]
+    rows += ["**answer perplexity**"]
     rows += ["MC acc", "MC acc_norm", "**perplexity**", "word perplexity"]
     rows += ["bits per byte"]
     assert [ln.split("|")[1].strip() for ln in lines[2 : 2 + len(rows)]] == rows

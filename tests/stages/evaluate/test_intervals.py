@@ -116,3 +116,33 @@ def test_compare_reads_prediction_files_and_names_pairs_later_minus_earlier(
     assert d["em/mean"] == pytest.approx(-0.5)
     assert results["base"]["em/add_lo"] == pytest.approx(wilson(3, 3)[0])
     assert diffs == compare(tmp_path, ["base", "prune"], results, seed=0)  # seeded
+
+
+def test_em_on_seen_and_unseen_problems_from_world_flags(tmp_path: Path):
+    from stages.evaluate.exact_match import seen_em, seen_flags
+
+    world = {"families": {"add": {"closed": True}, "sort": {"closed": False}}}
+    (tmp_path / "world.json").write_text(json.dumps(world))
+    recs = [
+        {"family": "add"},  # closed: trained on, reworded
+        {"family": "add", "seen": False},  # held out by unseen_fraction
+        {"family": "sort"},  # open: never trained on
+        {"family": "other"},  # unknown to world.json
+    ]
+    flags = seen_flags(tmp_path, recs)
+    assert flags == [True, False, False, None]
+    assert seen_em([1.0, 0.0, 1.0, 1.0], flags) == {"em_seen": 1.0, "em_unseen": 0.5}
+    (tmp_path / "predictions").mkdir()
+    results = {}
+    for m, hits in {"a": [1, 1, 0, 0], "b": [1, 0, 1, 1]}.items():
+        rows = [
+            {"id": i, "family": r["family"], "em": float(h), "seen": s}
+            for i, (r, h, s) in enumerate(zip(recs, hits, flags, strict=True))
+        ]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (tmp_path / "predictions" / f"{m}.jsonl").write_text(text)
+        results[m] = seen_em([float(h) for h in hits], flags)
+    d = compare(tmp_path, ["a", "b"], results, seed=0)["b-vs-a"]
+    assert results["a"]["em_unseen_lo"] == pytest.approx(wilson(1, 2)[0])
+    assert d["em_seen"] == 0.0 and d["em_unseen"] == pytest.approx(0.0)
+    assert d["em_unseen_lo"] < 0 < d["em_unseen_hi"]  # one fixed, one broken

@@ -83,7 +83,8 @@ def test_closed_split_leaves_training_phrasings_for_every_problem():
 
     fam = load_family("facts")(random.Random(0), FamilyConfig(facts=5))
     quotas = {"eval": 10, "ppl": 5, "pool": 100, "pretrain": 200}
-    parts = split_family(fam, random.Random(1), quotas)
+    parts, unseen = split_family(fam, random.Random(1), quotas)
+    assert unseen == frozenset()
     held: dict[tuple, set[int]] = {}
     for split in ("eval", "ppl", "pool"):
         for p, t in parts[split]:
@@ -95,6 +96,27 @@ def test_closed_split_leaves_training_phrasings_for_every_problem():
         assert len(trained[p.key]) >= MIN_TRAIN_PHRASINGS
         assert not trained[p.key] & held.get(p.key, set())
     assert len(parts["pretrain"]) == 200  # cycled up to its quota
+
+
+def test_unseen_fraction_holds_closed_problems_out_of_every_training_split():
+    import random
+
+    from stages.world.families import FamilyConfig
+    from stages.world.splits import split_family
+
+    fam = load_family("facts")(random.Random(0), FamilyConfig(facts=5))
+    quotas = {"eval": 10, "ppl": 5, "pool": 100, "pretrain": 200}
+    parts, unseen = split_family(fam, random.Random(1), quotas, 0.2, random.Random(2))
+    assert len(unseen) == round(0.2 * len(fam.problems()))
+    for split in ("ppl", "pool", "pretrain"):
+        assert not {p.key for p, _ in parts[split]} & unseen
+    assert len(parts["pretrain"]) == 200 and len(parts["eval"]) == 10
+    assert sum(p.key in unseen for p, _ in parts["eval"]) == 2  # 20% of eval
+    # an open family has no table to hold out: its eval problems are unseen
+    rev = load_family("reverse")(random.Random(0), FamilyConfig())
+    assert (
+        split_family(rev, random.Random(1), quotas, 0.2, random.Random(2))[1] == set()
+    )
 
 
 def test_every_family_in_pool_and_eval_with_correct_answers(world):
@@ -141,6 +163,31 @@ def test_noise_flags_exactly_the_corrupted_records(world, tmp_path):
         assert (r["output"] != clean[r["id"]]["output"]) == bool(r.get("corrupted"))
     meta = json.loads((noisy / "world.json").read_text())
     assert meta["noise"]["corrupted"] == len(flagged)
+
+
+def test_unseen_fraction_flags_eval_records_and_keeps_them_out_of_training(
+    world, tmp_path
+):
+    held = build(tmp_path / "held", seed=0, unseen_fraction=0.25)
+    meta = json.loads((held / "world.json").read_text())
+    closed = {f for f, v in meta["families"].items() if v["closed"]}
+    assert set(meta["unseen_problems"]) == closed
+    trained = {
+        (r["instruction"], r["input"], r["output"])
+        for f in ("pretrain.jsonl", "data.jsonl", "retain.jsonl", "forget.jsonl")
+        for r in read_jsonl(held / f)
+    }
+    for fam in meta["families"]:
+        recs = list(read_jsonl(held / "eval" / f"{fam}.jsonl"))
+        unseen = [r for r in recs if not r["seen"]]
+        assert len(unseen) == (round(0.25 * len(recs)) if fam in closed else len(recs))
+    facts = [r for r in read_jsonl(held / "eval" / "facts.jsonl") if not r["seen"]]
+    people = {r["subject"] for r in read_jsonl(held / "retain.jsonl")}
+    for r in facts:  # a held-out fact: its answer never follows its question
+        q = (r["instruction"], r["input"])
+        assert not any(t[:2] == q and t[2] == r["output"] for t in trained)
+    assert people  # retain keeps the people's other facts
+    assert "seen" not in next(read_jsonl(world / "eval" / "add.jsonl"))  # default
 
 
 def test_forget_and_retain_split_people(world):
