@@ -194,6 +194,246 @@ CATALOGUE = [
 ]
 
 
+def _w(body: str, head: str = "pipeline: t\n") -> str:
+    return head + "stages:\n  w: {kind: world" + body + "}\n"
+
+
+def _r(extra: str) -> str:
+    return HEAD + "  r: {kind: recover, model: b, data: s, " + extra + "}\n"
+
+
+def _p(extra: str) -> str:
+    return HEAD + "  p: {kind: prune, method: magnitude, model: b, " + extra + "}\n"
+
+
+def _ds(extra: str) -> str:
+    return _r("launcher: deepspeed, deepspeed: {" + extra + "}")
+
+
+KNOWN = "one of world"
+CATALOGUE += [
+    # the shape of a stage and of the file
+    ("pipeline: t\nstages:\n  w: {}\n", "stages.w.kind", "required; " + KNOWN),
+    ("pipeline: t\nstages:\n  w: {kind: null}\n", "stages.w.kind", "required"),
+    ("pipeline: t\nstages:\n  w: {kind: 5}\n", "stages.w.kind", "unknown kind '5'"),
+    ("pipeline: t\nstages:\n  w: {kind: ''}\n", "stages.w.kind", "unknown kind"),
+    ("pipeline: t\nstages:\n  w: 5\n", "stages.w", "must be a mapping"),
+    ("pipeline: t\nstages:\n  w: [kind, world]\n", "stages.w", "must be a mapping"),
+    ("pipeline: t\nstages:\n  w:\n", "stages.w", "must be a mapping"),
+    ("pipeline: t\nstages: [w]\n", "stages", "valid dictionary"),
+    ("pipeline: t\nstages:\n", "stages", "valid dictionary"),
+    ("stages:\n  w: {kind: world}\n", "pipeline", "required field is missing"),
+    ("pipeline: 5\nstages:\n  w: {kind: world}\n", "pipeline", "valid string"),
+    ("pipeline: [a]\nstages:\n  w: {kind: world}\n", "pipeline", "valid string"),
+    (
+        "pipeline: t\nstagez: {}\nstages:\n  w: {kind: world}\n",
+        "stagez",
+        "did you mean 'stages'",
+    ),
+    ("", "<root>", "must be a mapping"),
+    ("just a string\n", "<root>", "must be a mapping"),
+    ("null\n", "<root>", "must be a mapping"),
+    ("42\n", "<root>", "must be a mapping"),
+    (_w("") + "---\npipeline: u\n", "line 4", "single document"),
+    ("pipeline: t\nstages:\n\tw: {kind: world}\n", "line 3", "invalid YAML"),
+    ("pipeline: t\nstages:\n  w: !!binary aGVsbG8=\n", "stages.w", "mapping"),
+    ("pipeline: t\nstages:\n  w: !!python/name:os.system\n", "line 3", "tag"),
+    (
+        "pipeline: t\nstages:\n  w: !!python/object/apply:os.system [ls]\n",
+        "line 3",
+        "python/object/apply",
+    ),
+    ("pipeline: t\nstages:\n  w: !custom {kind: world}\n", "line 3", "!custom"),
+    ("\ufeff" + _w(", kind: wrld"), "stages.w", "duplicate key 'kind'"),
+    (
+        "pipeline: t\ndescription: " + "x" * 200_000 + "\n" + _w("")[12:] + "  v: {}\n",
+        "stages.v.kind",
+        "required",
+    ),
+    # header fields
+    ("pipeline: t\nseed: -1\nstages:\n  w: {kind: world}\n", "seed", "0"),
+    (
+        "pipeline: t\nseed: 4294967296\nstages:\n  w: {kind: world}\n",
+        "seed",
+        "less than or equal to 4294967295",
+    ),
+    ("pipeline: t\nseed: abc\nstages:\n  w: {kind: world}\n", "seed", "integer"),
+    ("pipeline: t\nseed: 1.5\nstages:\n  w: {kind: world}\n", "seed", "integer"),
+    (_w("", "pipeline: t\nmax_parallel: 0\n"), "max_parallel", "greater than or"),
+    (_w("", "pipeline: t\nmax_parallel: 5000\n"), "max_parallel", "less than or"),
+    (_w("", "pipeline: t\nexperiment: [a]\n"), "experiment", "valid string"),
+    (_w("", "pipeline: t\ntracking_uri: 5\n"), "tracking_uri", "valid string"),
+    # stage fields: unknown, out of range, wrong type, non-finite
+    (_w(", factz: 6"), "stages.w.factz", "did you mean 'facts'"),
+    (_w(", pool_size: -5"), "stages.w.pool_size", "greater than or equal to 0"),
+    (_w(", pool_size: 9.5"), "stages.w.pool_size", "fractional part"),
+    (_w(", facts: 1e3"), "stages.w.facts", "valid integer"),
+    (_w(", method: nope"), "stages.w.method", "unknown world method 'nope'"),
+    (_w(", seed: -3"), "stages.w.seed", "greater than or equal to 0"),
+    (_w(", seed: .inf"), "stages.w.seed", "finite"),
+    # sweeps
+    (_w(", matrix: 5"), "stages.w.matrix", "must be a mapping"),
+    (_w(", matrix: [1, 2]"), "stages.w.matrix", "must be a mapping"),
+    (_w(", matrix: {pool_size: []}"), "stages.w.matrix.pool_size", "non-empty list"),
+    (_w(", matrix: {pool_size: 90}"), "stages.w.matrix.pool_size", "non-empty list"),
+    (_w(", matrix: {nope: [1, 2]}"), "stages.w.matrix.nope", "not a param"),
+    (_w(", matrix: {facts: [6, 6]}"), "stages.w.matrix", "duplicate variant names"),
+    (_w(", facts: 6, matrix: {facts: [6, 7]}"), "stages.w.matrix.facts", "keep one"),
+    (_w(", matrix: {facts: [6, .nan]}"), "stages.w.matrix.facts[1]", "finite"),
+    (_w(", seeds: []"), "stages.w.seeds", "non-empty list of ints"),
+    (_w(", seeds: x"), "stages.w.seeds", "non-empty list of ints"),
+    (_w(", seeds: [true]"), "stages.w.seeds", "non-empty list of ints"),
+    (_w(", seeds: [1.5]"), "stages.w.seeds", "non-empty list of ints"),
+    (_w(", seeds: [-1]"), "stages.w.seeds", "from 0 to 4294967295"),
+    (_w(", seeds: [1, 1]"), "stages.w.matrix", "duplicate variant names"),
+    (
+        HEAD + "  r: {kind: recover, data: s, matrix: {model: [b, b]}}\n",
+        "stages.r.matrix.model",
+        "cannot be swept here",
+    ),
+    # stage names
+    ("pipeline: t\nstages:\n  'a b': {kind: world}\n", "stages.a b", "bad stage"),
+    ("pipeline: t\nstages:\n  'é': {kind: world}\n", "stages.é", "bad stage name"),
+    ("pipeline: t\nstages:\n  '': {kind: world}\n", "stages.", "bad stage name"),
+    ("pipeline: t\nstages:\n  'a@b': {kind: world}\n", "stages.a@b", "variants"),
+    ("pipeline: t\nstages:\n  '-a': {kind: world}\n", "stages.-a", "bad stage"),
+    ("pipeline: t\nstages:\n  1: {kind: world}\n", "stages.1", "bad stage name"),
+    ("pipeline: t\nstages:\n  null: {kind: world}\n", "stages.None", "string"),
+    # inputs and the graph
+    (HEAD + "  r: {kind: recover, data: s}\n", "stages.r.model", "required field"),
+    (_r("model: bb").replace("model: b, ", "", 1), "stages.r.model", "'b'?"),
+    (_r("model: w").replace("model: b, ", "", 1), "stages.r.model", "model is needed"),
+    (_r("model: r").replace("model: b, ", "", 1), "stages.r", "dependency cycle"),
+    (
+        HEAD + "  r: {kind: recover, model: q, data: s}\n"
+        "  q: {kind: recover, model: r, data: s}\n",
+        "stages.r",
+        "dependency cycle: r -> q -> r",
+    ),
+    (_r("model: [b]").replace("model: b, ", "", 1), "stages.r.model", "string"),
+    (_r("model: 5").replace("model: b, ", "", 1), "stages.r.model", "string"),
+    (_r("data: b").replace("data: s, ", "", 1), "stages.r.data", "dataset is needed"),
+    # training fields
+    (_r("lr: 0"), "stages.r.lr", "greater than 0"),
+    (_r("lr: 2"), "stages.r.lr", "less than or equal to 1"),
+    (_r("lr: fast"), "stages.r.lr", "valid number"),
+    (_r("lr: 1e309"), "stages.r.lr", "less than or equal to 1"),
+    (_r("micro_batch: 0"), "stages.r.micro_batch", "greater than or equal to 1"),
+    (_r("max_len: 0"), "stages.r.max_len", "greater than or equal"),
+    (_r("steps: 0"), "stages.r.steps", "greater than or equal to 1"),
+    (_r("steps: 1.5"), "stages.r.steps", "fractional part"),
+    (_r("steps: " + str(2**100)), "stages.r.steps", "less than or equal"),
+    (_r("epochs: 0"), "stages.r.epochs", "greater than 0"),
+    (_r("precision: fp8"), "stages.r.precision", "'fp32', 'bf16' or 'fp16'"),
+    (_r("launcher: mpi"), "stages.r.launcher", "'none' or 'deepspeed'"),
+    (_r("method: nope"), "stages.r.method", "unknown recover method"),
+    (_r("method: [full]"), "stages.r.method", "must be a method name"),
+    (_r("schedule: exp"), "stages.r.schedule", "'cosine'"),
+    (_r("weight_decay: .inf"), "stages.r.weight_decay", "finite"),
+    (_r("max_grad_norm: .nan"), "stages.r.max_grad_norm", "finite"),
+    (_r("checkpoint_every: -1"), "stages.r.checkpoint_every", "greater than or"),
+    # pruning and selection
+    (_p("sparsity: 1.5"), "stages.p.sparsity", "less than 1"),
+    (_p("sparsity: -0.1"), "stages.p.sparsity", "greater than 0"),
+    (_p("sparsity: .nan"), "stages.p.sparsity", "finite"),
+    (_p("sparsity: true"), "stages.p.sparsity", "a number is needed"),
+    (_p("dtype: float8"), "stages.p.dtype", "'float32'"),
+    (_p("method: wanda"), "stages.p.method", "duplicate key 'method'"),
+    (
+        HEAD + "  p: {kind: prune, method: magnitud, model: b}\n",
+        "stages.p.method",
+        "did you mean 'magnitude'",
+    ),
+    (
+        HEAD + "  t: {kind: select, method: random, pool: w, budget: 0}\n",
+        "stages.t.budget",
+        ">= 1",
+    ),
+    (
+        HEAD + "  t: {kind: select, method: random, pool: w, budget: .inf}\n",
+        "stages.t.budget",
+        "finite",
+    ),
+    (
+        HEAD + "  t: {kind: select, method: random, pool: b, budget: 0.2}\n",
+        "stages.t.pool",
+        "dataset is needed",
+    ),
+    (
+        HEAD + "  t: {kind: select, method: randm, pool: w, budget: 0.2}\n",
+        "stages.t.method",
+        "did you mean 'random'",
+    ),
+    # evaluation
+    (HEAD + "  e: {kind: evaluate, models: [], data: w}\n", "stages.e.models", "one"),
+    (HEAD + "  e: {kind: evaluate, models: [w], data: w}\n", "stages.e.models[0]", ""),
+    (
+        HEAD + "  e: {kind: evaluate, models: [b, z], data: w}\n",
+        "stages.e.models[1]",
+        "",
+    ),
+    (HEAD + "  e: {kind: evaluate, models: b, data: w}\n", "stages.e.models", "list"),
+    (HEAD + "  e: {kind: evaluate, models: [b]}\n", "stages.e.data", "required"),
+    # DeepSpeed
+    (_ds("zero_stage: 4"), "stages.r.deepspeed.zero_stage", "1, 2 or 3"),
+    (_ds("offload_params: true"), "stages.r.deepspeed", "zero_stage: 3"),
+    (_ds("num_nodes: 2"), "stages.r.deepspeed", "hostfile"),
+    (_ds("master_port: 80"), "stages.r.deepspeed.master_port", "1024"),
+    (_ds("master_addr: 'a b'"), "stages.r.deepspeed.master_addr", "pattern"),
+    (_ds("num_gpus: 0"), "stages.r.deepspeed.num_gpus", "greater than or equal"),
+    (_ds("nope: 1"), "stages.r.deepspeed.nope", "unknown key"),
+    (_ds("config: 5"), "stages.r.deepspeed.config", "valid dictionary"),
+    (
+        _ds("config: {tensorboard: {enabled: true, output_path: /tmp/tb}}"),
+        "stages.r.deepspeed.config",
+        "output_path: writes monitor logs",
+    ),
+    (
+        _ds("config: {zero_optimization: {offload_param: {nvme_path: ../../x}}}"),
+        "stages.r.deepspeed.config",
+        "nvme_path: writes ZeRO-Infinity NVMe swap files",
+    ),
+    (
+        _ds("include: a, exclude: b, hostfile: h"),
+        "stages.r.deepspeed",
+        "exclude each other",
+    ),
+    # pretrained checkpoints
+    ("pipeline: t\nstages:\n  m: {kind: pretrained, path: ''}\n", "stages.m.path", ""),
+    ("pipeline: t\nstages:\n  m: {kind: pretrained}\n", "stages.m.path", "required"),
+    (
+        "pipeline: t\nstages:\n  m: {kind: pretrained, path: /x, "
+        "trust_remote_code: 'yes'}\n",
+        "stages.m.trust_remote_code",
+        "valid boolean",
+    ),
+    (
+        "pipeline: t\nstages:\n  m: {kind: pretrained, path: /x, "
+        "trust_remote_code: 1}\n",
+        "stages.m.trust_remote_code",
+        "valid boolean",
+    ),
+]
+
+# declarations that must stay accepted (each a (text, expected node count))
+CLEAN = [
+    (_w(""), 1),
+    (_w(", facts: 6, matrix: {pool_size: [90, 120]}"), 2),
+    (_w(", seeds: [0, 4294967295]"), 2),
+    ("pipeline: t\nstages:\n  w: &a {kind: world}\n  v: *a\n", 2),  # an alias
+    ("pipeline: t\nstages:\n  w: {kind: world, <<: {facts: 6}}\n", 1),  # merge key
+    (_w(", pool_size: 0x10"), 1),  # YAML 1.1 hex int
+    (_ds("config: {tensorboard: {enabled: true, output_path: tb}}"), 4),
+    (HEAD + "  e: {kind: evaluate, models: [b], data: w}\n", 4),
+    (
+        "pipeline: t\nstages:\n  m: {kind: pretrained, path: /x, "
+        "trust_remote_code: true}\n",
+        1,
+    ),
+    (HEAD, 3),
+]
+
+
 @pytest.mark.parametrize("text,path,message", CATALOGUE)
 def test_bad_declaration_is_a_message_not_a_traceback(text, path, message, tmp_path):
     f = tmp_path / "bad.yaml"
@@ -204,6 +444,17 @@ def test_bad_declaration_is_a_message_not_a_traceback(text, path, message, tmp_p
     assert time.perf_counter() - t0 < 2.0
     lines = str(err.value).splitlines()[1:]
     assert any(path in ln and message in ln for ln in lines), str(err.value)
+
+
+@pytest.mark.parametrize("text,nodes", CLEAN)
+def test_clean_declarations_stay_accepted(text, nodes, tmp_path):
+    f = tmp_path / "ok.yaml"
+    f.write_text(text)
+    assert len(build(load(f)).nodes) == nodes
+
+
+def test_the_catalogue_covers_at_least_100_declarations():
+    assert len(CATALOGUE) + len(CLEAN) >= 100 and len(CATALOGUE) >= 100
 
 
 def test_cli_exit_code_and_no_traceback_for_each_catalogue_entry(tmp_path, capsys):
@@ -608,3 +859,18 @@ def test_mutated_declarations_give_errors_or_ok_never_an_exception():
         with contextlib.suppress(DeclarationError):
             build(validate(raw, source=f"mutant{i}"))
         assert time.perf_counter() - t0 < 2.0, f"mutant {i} took too long"
+
+
+def test_every_engine_key_of_every_stage_takes_odd_values():
+    """Systematic: each stage of params.yaml with ``kind``, ``method``,
+    ``matrix`` and ``seeds`` set to each odd value gives errors or OK."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in base["stages"]:
+        for key in ("kind", "method", "matrix", "seeds"):
+            for value in ODD:
+                raw = json.loads(json.dumps(base))
+                raw["stages"][stage][key] = value
+                t0 = time.perf_counter()
+                with contextlib.suppress(DeclarationError):
+                    build(validate(raw, source=f"{stage}.{key}={value!r}"))
+                assert time.perf_counter() - t0 < 2.0
