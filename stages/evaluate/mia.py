@@ -72,3 +72,40 @@ def rouge_l(prediction: str, reference: str) -> float:
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+
+
+def bootstrap_aucs(
+    members: Any, nonmembers: Any, seed: Any, n_resamples: int = 2000
+) -> Any:
+    """ROC AUC of each of K scorers under the same ``n_resamples`` bootstrap
+    resamples of members and non-members (drawn separately, so both keep their
+    sizes): members (K, P), nonmembers (K, N) -> (K, B). The same resamples for
+    every scorer make differences between them paired. AUC is the
+    Mann-Whitney statistic (what ``roc_auc_score`` computes, ties count 1/2),
+    from the resample counts: c_pᵀ·[s_p > s_n + ½·(s_p = s_n)]·c_n / (P·N)."""
+    import numpy as np
+
+    pos = np.asarray(members, dtype=np.float64)
+    neg = np.asarray(nonmembers, dtype=np.float64)
+    wins = (pos[:, :, None] > neg[:, None, :]) + 0.5 * (
+        pos[:, :, None] == neg[:, None, :]
+    )  # (K, P, N)
+    rng = np.random.default_rng(seed)
+    n_pos, n_neg = pos.shape[1], neg.shape[1]
+    c_pos = rng.multinomial(n_pos, [1 / n_pos] * n_pos, size=n_resamples)  # (B, P)
+    c_neg = rng.multinomial(n_neg, [1 / n_neg] * n_neg, size=n_resamples)  # (B, N)
+    return np.einsum("bp,kpn,bn->kb", c_pos, wins, c_neg) / (n_pos * n_neg)
+
+
+def percentile_interval(values: Any, confidence: float = 0.95) -> tuple[float, float]:
+    """Central ``confidence`` percentile interval of the finite bootstrap values
+    (a ratio is undefined on a resample whose denominator is 0)."""
+    import numpy as np
+
+    vals = np.asarray(values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(vals, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -8,6 +8,11 @@ first half of each forget document), ``unlearn/knowmem_forget`` and
 ``unlearn/knowmem_retain`` (ROUGE-L of the answers to the facts as questions),
 ``unlearn/em_forget``, ``unlearn/em_retain``, ``unlearn/nll_forget``,
 ``unlearn/mink_auc`` and ``unlearn/minkpp_auc`` (with a holdout.jsonl).
+Each with a 95% interval (``_lo``/``_hi``): a record bootstrap of the mean for
+the ROUGE and NLL means, Wilson for exact match, a bootstrap of members and
+non-members for the AUCs. The per-record membership scores go to
+``membership/<model>.jsonl``; ``compare`` reads them for a paired bootstrap
+interval of PrivLeak (model and oracle on the same resamples).
 """
 
 from __future__ import annotations
@@ -19,8 +24,24 @@ from pipelines.contract import RunContext
 from stages.common.io import read_jsonl
 from stages.common.text import encode_example
 from stages.evaluate.generation import greedy_generate, left_pad
-from stages.evaluate.mia import auc, min_k, min_k_plus_plus, rouge_l, token_stats
+from stages.evaluate.intervals import rng_seed, stratified_bootstrap, wilson
+from stages.evaluate.mia import (
+    auc,
+    bootstrap_aucs,
+    min_k,
+    min_k_plus_plus,
+    percentile_interval,
+    rouge_l,
+    token_stats,
+)
 from stages.evaluate.scoring import exact_match, normalize_answer
+
+ATTACKS = ("mink", "minkpp")
+
+
+def model_files(name: str) -> list[str]:
+    """Per-model files this suite writes (kept with the per-model cache)."""
+    return [f"membership/{name}.jsonl"]
 
 
 def _records(world_dir: Path, name: str, limit: int | None) -> list[dict[str, Any]]:
@@ -86,9 +107,9 @@ def continue_ids(
 
 def verbmem(
     model: Any, tok: Any, records: list[dict[str, Any]], frac: float, batch_size: int
-) -> float:
-    """Mean ROUGE-L of the greedy continuation of each document's first ``frac``
-    of tokens against the true rest."""
+) -> list[float]:
+    """ROUGE-L of the greedy continuation of each document's first ``frac`` of
+    tokens against the true rest, per record."""
     docs = [document_ids(tok, r)[:-1] for r in records]  # no eos
     cut = [max(2, round(frac * len(d))) for d in docs]
     prefixes = [d[:c] for d, c in zip(docs, cut, strict=True)]
@@ -99,16 +120,16 @@ def verbmem(
     budget = max((len(d) - c for d, c in zip(docs, cut, strict=True)), default=1) + 1
     gens = continue_ids(model, tok, prefixes, budget, batch_size)
     preds = [tok.decode(g, skip_special_tokens=True) for g in gens]
-    scores = [rouge_l(p, t) for p, t in zip(preds, truths, strict=True)]
-    return sum(scores) / max(1, len(scores))
+    return [rouge_l(p, t) for p, t in zip(preds, truths, strict=True)]
 
 
 def knowmem(
     model: Any, tok: Any, records: list[dict[str, Any]], batch_size: int
-) -> tuple[float, float]:
-    """Mean ROUGE-L and exact match of greedy answers to the facts' questions."""
+) -> tuple[list[float], list[float]]:
+    """ROUGE-L and exact match of greedy answers to the facts' questions, per
+    record."""
     if not records:
-        return float("nan"), float("nan")
+        return [], []
     budget = 1 + max(
         len(tok(f" {r['output']}", add_special_tokens=False)["input_ids"])
         for r in records
@@ -116,8 +137,45 @@ def knowmem(
     preds = greedy_generate(model, tok, records, budget, batch_size)
     pairs = list(zip(preds, records, strict=True))
     rl = [rouge_l(normalize_answer(p), r["output"]) for p, r in pairs]
-    em = [exact_match(p, r["output"]) for p, r in pairs]
-    return sum(rl) / len(rl), sum(em) / len(em)
+    em = [float(exact_match(p, r["output"])) for p, r in pairs]
+    return rl, em
+
+
+def mean_with_interval(
+    key: str, values: list[float], seed: list[int], proportion: bool = False
+) -> dict[str, float]:
+    """``key`` = the mean of ``values`` and its 95% interval (Wilson for a
+    proportion, else a bootstrap of the mean)."""
+    if not values:
+        return {}
+    lo, hi = (
+        wilson(round(sum(values)), len(values))
+        if proportion
+        else stratified_bootstrap([values], [*seed, len(values)])
+    )
+    return {key: sum(values) / len(values), f"{key}_lo": lo, f"{key}_hi": hi}
+
+
+def auc_with_interval(
+    key: str, members: list[float], nonmembers: list[float], seed: list[int]
+) -> dict[str, float]:
+    """ROC AUC (scikit-learn) and its 95% bootstrap interval."""
+    lo, hi = percentile_interval(bootstrap_aucs([members], [nonmembers], seed)[0])
+    return {key: auc(members, nonmembers), f"{key}_lo": lo, f"{key}_hi": hi}
+
+
+def write_membership(
+    path: Path, sets: dict[str, tuple[list[dict[str, Any]], list[float], list[float]]]
+) -> None:
+    """One line per record: set (forget/holdout), id and both attack scores."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for name, (records, mk, mkpp) in sets.items():
+            for r, a, b in zip(records, mk, mkpp, strict=True):
+                row = {"set": name, "id": str(r["id"]), "mink": a, "minkpp": b}
+                f.write(json.dumps(row) + "\n")
 
 
 def score(
@@ -139,40 +197,84 @@ def score(
     retain = _records(world_dir, "retain", limit)
     holdout = _records(world_dir, "holdout", limit)
     model.eval()
+    seed = rng_seed(ctx.seed, "unlearning")
     out: dict[str, float] = {}
-    out["unlearn/verbmem_forget"] = verbmem(
-        model, tokenizer, forget, getattr(params, "verbmem_prefix", 0.5), bs
+    frac = getattr(params, "verbmem_prefix", 0.5)
+    out |= mean_with_interval(
+        "unlearn/verbmem_forget", verbmem(model, tokenizer, forget, frac, bs), seed
     )
-    out["unlearn/knowmem_forget"], out["unlearn/em_forget"] = knowmem(
-        model, tokenizer, forget, bs
-    )
-    if retain:
-        out["unlearn/knowmem_retain"], out["unlearn/em_retain"] = knowmem(
-            model, tokenizer, retain, bs
-        )
+    for split, recs in (("forget", forget), ("retain", retain)):
+        rl, em = knowmem(model, tokenizer, recs, bs)
+        out |= mean_with_interval(f"unlearn/knowmem_{split}", rl, seed)
+        out |= mean_with_interval(f"unlearn/em_{split}", em, seed, proportion=True)
     f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs)
-    out["unlearn/nll_forget"] = sum(f_nll) / len(f_nll)
+    out |= mean_with_interval("unlearn/nll_forget", f_nll, seed)
+    sets = {"forget": (forget, f_mk, f_pp)}
     if holdout:
         h_mk, h_pp, h_nll = membership_scores(model, tokenizer, holdout, k, bs)
-        out["unlearn/nll_holdout"] = sum(h_nll) / len(h_nll)
-        out["unlearn/mink_auc"] = auc(f_mk, h_mk)
-        out["unlearn/minkpp_auc"] = auc(f_pp, h_pp)
+        out |= mean_with_interval("unlearn/nll_holdout", h_nll, seed)
+        out |= auc_with_interval("unlearn/mink_auc", f_mk, h_mk, seed)
+        out |= auc_with_interval("unlearn/minkpp_auc", f_pp, h_pp, seed)
+        sets["holdout"] = (holdout, h_mk, h_pp)
+    if out_dir is not None:
+        write_membership(Path(out_dir) / model_files(name)[0], sets)
     return out
 
 
+def read_membership(path: Path, attack: str) -> tuple[list[float], list[float]] | None:
+    """Forget and holdout scores of one attack from a membership file (sorted
+    by id, so two models' files line up), or None when it is missing."""
+    import json
+
+    if not path.exists():
+        return None
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
+    by_set = {
+        name: [
+            r[attack] for r in sorted(rows, key=lambda r: r["id"]) if r["set"] == name
+        ]
+        for name in ("forget", "holdout")
+    }
+    return by_set["forget"], by_set["holdout"]
+
+
 def compare(
-    results: dict[str, dict[str, float]], oracle: str | None
+    results: dict[str, dict[str, float]],
+    oracle: str | None,
+    out_dir: Path | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """PrivLeak of every model relative to ``oracle`` (MUSE): adds
-    ``unlearn/privleak_mink`` and ``unlearn/privleak_minkpp`` in percent."""
+    ``unlearn/privleak_mink`` and ``unlearn/privleak_minkpp`` in percent, with a
+    paired bootstrap interval when both models' membership files are in
+    ``out_dir`` (the same resamples of members and non-members for both)."""
+    import numpy as np
+
     from stages.evaluate.mia import privleak
 
     if oracle is None or oracle not in results:
         return results
     ref = results[oracle]
-    for res in results.values():
-        for attack in ("mink", "minkpp"):
+    for name, res in results.items():
+        for attack in ATTACKS:
             key = f"unlearn/{attack}_auc"
-            if key in res and key in ref:
-                res[f"unlearn/privleak_{attack}"] = privleak(res[key], ref[key])
+            if key not in res or key not in ref:
+                continue
+            out = f"unlearn/privleak_{attack}"
+            res[out] = privleak(res[key], ref[key])
+            if out_dir is None:
+                continue
+            files = [Path(out_dir) / model_files(m)[0] for m in (name, oracle)]
+            scores = [read_membership(f, attack) for f in files]
+            if any(s is None for s in scores):
+                continue
+            (fm, hm), (fo, ho) = scores
+            if len(fm) != len(fo) or len(hm) != len(ho):
+                continue
+            boot = bootstrap_aucs(
+                [fm, fo], [hm, ho], rng_seed(seed, "privleak", attack)
+            )
+            with np.errstate(divide="ignore", invalid="ignore"):
+                leak = (boot[0] - boot[1]) / boot[1] * 100.0
+            res[f"{out}_lo"], res[f"{out}_hi"] = percentile_interval(leak)
     return results

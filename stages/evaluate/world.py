@@ -206,7 +206,7 @@ def evaluate(
         relate = getattr(SUITES.load(suite), "compare", None)
         if relate is not None and params.oracle is not None:
             oracle = next((n for n in names if n == params.oracle), None)
-            results = relate(results, oracle)
+            results = relate(results, oracle, out_dir, ctx.seed)
     diffs = compare(out_dir, names, results, ctx.seed)
     table = markdown_table(results, names, diffs)
     (out_dir / "table.md").write_text(table)

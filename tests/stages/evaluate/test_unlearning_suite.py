@@ -9,8 +9,10 @@ import torch
 
 from stages.evaluate.mia import (
     auc,
+    bootstrap_aucs,
     min_k,
     min_k_plus_plus,
+    percentile_interval,
     privleak,
     rouge_l,
     token_stats,
@@ -37,6 +39,24 @@ def test_min_k_auc_separable_and_identical():
     more = [[rng.uniform(-1.0, -0.1) for _ in range(12)] for _ in range(300)]
     half = [min_k(x, 0.4) for x in more]
     assert abs(auc(half[:150], half[150:]) - 0.5) < 0.1
+
+
+def test_bootstrap_aucs_match_the_auc_and_are_paired():
+    rng = random.Random(1)
+    sep_pos = [[rng.uniform(1, 2) for _ in range(20)]]
+    sep_neg = [[rng.uniform(-2, -1) for _ in range(15)]]
+    assert (bootstrap_aucs(sep_pos, sep_neg, 0) == 1.0).all()  # separable: 1.0
+    same = [[0.3] * 10]
+    assert (bootstrap_aucs(same, same, 0) == 0.5).all()  # all ties: 0.5
+    pos = [rng.gauss(0.5, 1) for _ in range(40)]
+    neg = [rng.gauss(0.0, 1) for _ in range(30)]
+    boot = bootstrap_aucs([pos, pos], [neg, neg], 3)  # two identical scorers
+    assert (boot[0] == boot[1]).all()  # same resamples: paired
+    lo, hi = percentile_interval(boot[0])
+    point = auc(pos, neg)
+    assert lo < point < hi and hi - lo < 0.5
+    assert abs(float(boot[0].mean()) - point) < 0.03
+    assert percentile_interval([float("nan"), 1.0, 1.0]) == (1.0, 1.0)
 
 
 def test_min_k_plus_plus_standardises_by_the_vocab_distribution():
@@ -129,6 +149,18 @@ def test_suite_on_micro_world(tmp_path):
         for k in ("verbmem_forget", "knowmem_forget", "knowmem_retain", "mink_auc"):
             assert 0.0 <= res[f"{m}/unlearn/{k}"] <= 1.0
     assert res["oracle/unlearn/privleak_mink"] == 0.0
+    assert res["oracle/unlearn/privleak_mink_lo"] == 0.0  # paired with itself
+    for m in ("seen", "oracle"):
+        for k in (
+            "verbmem_forget",
+            "knowmem_forget",
+            "em_retain",
+            "mink_auc",
+            "privleak_minkpp",
+        ):
+            v = res[f"{m}/unlearn/{k}"]
+            assert res[f"{m}/unlearn/{k}_lo"] <= v <= res[f"{m}/unlearn/{k}_hi"], k
+    assert (out / "membership" / "seen.jsonl").exists()
     assert res["seen/unlearn/mink_auc"] > 0.5
     assert res["seen/unlearn/privleak_mink"] > 0.0
     assert "unlearn/privleak_mink" in (out / "table.md").read_text()
