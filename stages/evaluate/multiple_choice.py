@@ -19,7 +19,6 @@ with the stage seed). Per-item results go to ``choices/<model>.jsonl``.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -125,11 +124,6 @@ def world_items(
                 }
             )
     return items
-
-
-def file_digest(path: str | None) -> str:
-    """Content hash of a choices file (part of the per-model cache key)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
 
 
 def score(

@@ -112,10 +112,10 @@ def result_key(params: Params, model_fp: str, world_fp: str) -> str:
     root = Path(__file__).resolve().parents[2]
     suites = [SUITES.target(s) for s in params.suites]
     code = code_version(code_files(suites, root), root)
-    from stages.evaluate.multiple_choice import file_digest
-
     blob = params.model_dump_json(exclude={"models"})
-    blob += f"|{model_fp}|{world_fp}|{code}|{file_digest(params.choices_file)}"
+    blob += f"|{model_fp}|{world_fp}|{code}"
+    if params.choices_file:  # its content, not only its name
+        blob += hashlib.sha256(Path(params.choices_file).read_bytes()).hexdigest()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

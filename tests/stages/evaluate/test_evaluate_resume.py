@@ -71,3 +71,15 @@ def test_a_changed_input_fingerprint_is_not_served_from_cache(
     after = {p.name for p in (tmp_path / "ck").iterdir()}
     assert after > before  # a new entry for the new model content
     assert json.loads(next((tmp_path / "ck").glob("*.json")).read_text())
+
+
+def test_cache_key_follows_the_choices_file_content(tmp_path):
+    from stages.evaluate.world import result_key
+
+    path = tmp_path / "mc.jsonl"
+    path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    params = Params(models=["m"], data="w", choices_file=str(path))
+    key = result_key(params, "m1", "w1")
+    assert key == result_key(params, "m1", "w1")
+    path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n')
+    assert result_key(params, "m1", "w1") != key
