@@ -279,9 +279,10 @@ def paser_extras(rep: dict[str, Any], world: Path, sel: Path, seed: int) -> dict
 
     pool = read_dataset(world)
     p = Params(**{k: v for k, v in rep["params"].items() if k in Params.model_fields})
-    emb, new = embed(
-        pool, sel.parent / "checkpoints" / "select", RunContext(), p.encoder
-    )
+    from stages.select.scoring import embed_record_text, embed_text
+
+    text = embed_text if p.embed == "instruction" else embed_record_text
+    emb, new = embed(pool, Path(rep["cache"]), RunContext(), p.encoder, text=text)
     labels = cluster_pool(p, emb, seed)["labels"]
     fams = [r["family"] for r in pool]
     make_up: list[dict[str, int]] = [{} for _ in range(int(labels.max()) + 1)]

@@ -76,9 +76,14 @@ class Selection:
 
 
 def cache_root(out_dir: Path, ctx: RunContext) -> Path:
-    """Where score caches live: the engine's persistent checkpoint folder when
-    given, else a folder inside the output (kept with the artifact)."""
-    root = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir else Path(out_dir) / "cache"
+    """Where score caches live: ``select-scores/`` beside the engine's
+    persistent checkpoint folder when given (shared by every select node of the
+    checkout: caches are keyed by record content and model fingerprints, so a
+    sweep embeds and scores a pool once), else a folder inside the output."""
+    if ctx.checkpoint_dir:
+        root = Path(ctx.checkpoint_dir).parent / "select-scores"
+    else:
+        root = Path(out_dir) / "cache"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

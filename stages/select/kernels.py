@@ -79,3 +79,18 @@ def ies(jsd_scores: Any, n_tokens: Any) -> Any:
 
     n = np.maximum(np.asarray(n_tokens, dtype=np.float64), 2.0)
     return np.asarray(jsd_scores, dtype=np.float64) / np.log(n**2)
+
+
+def response_pair_scores(logits_ref: Any, logits_pruned: Any, labels: Any) -> Any:
+    """Per-sample (JSD, NLL under the reference, NLL under the pruned model),
+    each averaged over the response tokens, from one teacher-forced pass of
+    both models: (B, 3). Column 0 equals :func:`response_jsd`; columns 1-2
+    equal :func:`response_nll` of each model."""
+    import torch
+
+    mask = response_positions(labels)
+    lo = torch.log_softmax(logits_ref[:, :-1][mask].float(), dim=-1)  # (M, V)
+    lp = torch.log_softmax(logits_pruned[:, :-1][mask].float(), dim=-1)
+    tgt = labels[:, 1:][mask][:, None]
+    cols = (jsd(lo, lp), -lo.gather(1, tgt)[:, 0], -lp.gather(1, tgt)[:, 0])
+    return torch.stack([per_sample_mean(c, mask) for c in cols], dim=1)

@@ -1,6 +1,12 @@
 """PASER: clustered, degradation-aware, concept-filtered recovery-data selection
 (He et al., "PASER", arXiv 2502.12594). Ablations: clustering, allocation and
 concept_filter params.
+
+``mode`` picks a profile of defaults: ``faithful`` (the paper: response JSD,
+n_k ∝ CDS_k, instructions embedded, no noise filter) or ``carp`` (the loss
+increase on the reference answer, n_k ∝ the cluster's damage mass, records the
+original model finds implausible dropped; stages/select/robust.py). Every
+option of a profile can be set on its own, so each change is an ablation.
 """
 
 from __future__ import annotations
@@ -15,19 +21,62 @@ from pipelines.contract import Input, RunContext
 from stages.select import Selection, cache_root
 from stages.select.lmparams import LMParams
 
+PROFILES: dict[str, dict[str, Any]] = {
+    "faithful": {
+        "allocation": "cds",
+        "degradation": "jsd",
+        "noise_filter": "none",
+        "embed": "instruction",
+    },
+    "carp": {
+        "allocation": "mass",
+        "degradation": "loss_increase",
+        "noise_filter": "drop",
+        "embed": "instruction",
+    },
+}
+
 
 class Params(LMParams):
     method: Literal["paser"] = "paser"
+    mode: Literal["faithful", "carp"] = Field(
+        "faithful",
+        description="Profile of defaults for allocation, degradation, "
+        "noise_filter and embed: `faithful` (the paper) or `carp` (mass "
+        "allocation, loss increase, noise filter); options set explicitly win.",
+    )
     reference: str = Input(
         "model", "Upstream stage holding the original, unpruned model."
     )
     clustering: bool = Field(
         True, description="Cluster the pool (False: ablation, one cluster)."
     )
-    allocation: Literal["cds", "uniform"] = Field(
+    allocation: Literal["cds", "mass", "uniform"] = Field(
         "cds",
-        description="Budget per cluster proportional to its CDS (`cds`), or equal "
-        "shares (`uniform`: the w/o-degradation-aware-allocation ablation).",
+        description="Budget per cluster proportional to its CDS, the mean score "
+        "(`cds`, the paper), to its damage mass |C_k|·CDS_k, the summed score "
+        "(`mass`), or equal shares (`uniform`: the "
+        "w/o-degradation-aware-allocation ablation).",
+    )
+    degradation: Literal["jsd", "loss_increase"] = Field(
+        "jsd",
+        description="Per-record damage: response-token JSD of the two models "
+        "(`jsd`, the paper) or max(0, NLL pruned - NLL original) of the "
+        "reference answer (`loss_increase`).",
+    )
+    noise_filter: Literal["none", "drop", "demote"] = Field(
+        "none",
+        description="Records whose answer loss under the original model is a "
+        "robust outlier within their cluster (z > noise_z, median/MAD): kept "
+        "(`none`), never selected (`drop`) or ranked after all others (`demote`).",
+    )
+    noise_z: float = Field(
+        3.5, gt=0, description="Robust z-score above which a record is implausible."
+    )
+    embed: Literal["instruction", "record"] = Field(
+        "instruction",
+        description="What is clustered: the instruction (+ input), as the paper, "
+        "or the whole record (instruction, input and answer).",
     )
     concept_filter: bool = Field(
         True, description="Concept-consistency-graph filter (False: ablation)."
@@ -69,6 +118,15 @@ class Params(LMParams):
     )
     embed_batch_size: int = Field(64, ge=1, description="Sentence-encoder batch size.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: Any) -> Any:
+        """Fill the options left out from the ``mode`` profile."""
+        if isinstance(data, dict):
+            prof = PROFILES.get(str(data.get("mode", "faithful")), {})
+            return {**prof, **data}
+        return data
+
     @model_validator(mode="after")
     def _k_range(self) -> Params:
         if self.k_min > self.k_max:
@@ -85,7 +143,8 @@ def select(
     ctx: RunContext,
     seed: int,
 ) -> Selection:
-    """Cluster, score JSD, allocate by CDS, fill by IES under the concept filter."""
+    """Cluster, score the damage, allocate over clusters, fill by IES under the
+    concept filter (and, with ``noise_filter``, without implausible records)."""
     from stages.select import plots
 
     root = cache_root(out_dir, ctx)
@@ -101,12 +160,15 @@ def select(
     timing["cluster"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scores, n_tokens, new_jsd = jsd_scores(params, pool, inputs, root, ctx, device)
+    scores, n_tokens, new_jsd, nll = damage_scores(
+        params, pool, inputs, root, ctx, device
+    )
     timing["jsd"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    flags = _noise_flags(params, nll, labels)
     res, k, sizes, cds, alloc, graph = allocate_and_fill(
-        params, pool, labels, scores, n_tokens, n
+        params, pool, labels, scores, n_tokens, n, flags
     )
     timing["allocate_and_fill"] = time.perf_counter() - t
 
@@ -117,15 +179,18 @@ def select(
     ]
     sel_jsd = float(scores[res.selected].mean()) if res.selected else 0.0
     bad = [bool(pool[i].get("corrupted")) for i in res.rejected_ids]
+    rule = {"cds": "CDS_k", "mass": "|C_k|·CDS_k", "uniform": "1"}[params.allocation]
     report = {
         "k": k,
         "k_rule": clus["rule"],
         "k_curve": clus["curve"],
         "sigma": clus["sigma"],
         "diffusion_eigenvalues": clus["eigenvalues"],
+        "ari_vs_family": _ari(pool, labels),
         "cluster_sizes": sizes,
         "cds": cds,
-        "allocation_rule": f"n_k ∝ {'CDS_k' if params.allocation == 'cds' else '1'}, "
+        "degradation": params.degradation,
+        "allocation_rule": f"n_k ∝ {rule}, "
         "floor, capped by cluster size; remainder and capped-off budget "
         "redistributed by weight, then to clusters with candidates left",
         "allocated": alloc,
@@ -134,6 +199,11 @@ def select(
         "filter_rejected": res.rejected,
         "filter_rejected_total": sum(res.rejected),
         "filter_rejected_corrupted": sum(bad),
+        "noise_filter": params.noise_filter,
+        "noise_flagged": int(flags.sum()),
+        "noise_flagged_corrupted": int(
+            sum(bool(pool[i].get("corrupted")) for i in flags.nonzero()[0])
+        ),
         "concept_graph_size": len(graph),
         "jsd_pool_mean": float(scores.mean()),
         "jsd_selected_mean": sel_jsd,
@@ -144,11 +214,36 @@ def select(
     metrics = {
         "k": float(k),
         "filter_rejected": float(sum(res.rejected)),
+        "noise_flagged": float(flags.sum()),
         "jsd_pool_mean": report["jsd_pool_mean"],
         "jsd_selected_mean": report["jsd_selected_mean"],
         **{f"seconds_{p}": s for p, s in timing.items()},
     }
+    if report["ari_vs_family"] is not None:
+        metrics["ari_vs_family"] = report["ari_vs_family"]
     return Selection(res.selected, report, metrics, files)
+
+
+def _ari(pool: list[dict[str, Any]], labels: Any) -> float | None:
+    """Adjusted Rand index of the clusters against the records' ``family``
+    (None when some record has none)."""
+    fams = [r.get("family") for r in pool]
+    if any(f is None for f in fams):
+        return None
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score([str(f) for f in fams], labels))
+
+
+def _noise_flags(params: Params, nll: Any, labels: Any) -> Any:
+    """Implausible records (bool (N,)); all False without a noise filter."""
+    import numpy as np
+
+    from stages.select.robust import implausible
+
+    if params.noise_filter == "none" or nll is None:
+        return np.zeros(len(labels), dtype=bool)
+    return implausible(nll[:, 0], labels, params.noise_z)
 
 
 def allocate_and_fill(
@@ -158,24 +253,34 @@ def allocate_and_fill(
     scores: Any,
     n_tokens: Any,
     n: int,
+    flags: Any = None,
 ) -> tuple[Any, int, list[int], list[float], list[int], Any]:
     """CDS per cluster, budget allocation, IES ranking and the filtered greedy
-    fill; returns (fill result, K, sizes, CDS, allocation, concept graph)."""
+    fill; returns (fill result, K, sizes, CDS, allocation, concept graph).
+
+    ``flags`` (bool (N,)) marks implausible records: with ``noise_filter``
+    ``drop`` they are no candidates (and add no weight), with ``demote`` they
+    rank after every other record of their cluster."""
     import numpy as np
 
     from stages.select.budget import allocate
     from stages.select.concepts import ConceptGraph, extract_concepts, record_text
     from stages.select.greedy import fill
     from stages.select.kernels import ies
+    from stages.select.robust import cluster_weights
 
     k = int(labels.max()) + 1
+    off = flags is None or params.noise_filter == "none"
+    flags = np.zeros(len(labels), bool) if off else np.asarray(flags, bool)
     members = [np.flatnonzero(labels == c) for c in range(k)]
     sizes = [len(m) for m in members]
     cds = [float(scores[m].mean()) for m in members]
-    weights = cds if params.allocation == "cds" else [1.0] * k
-    alloc = allocate(n, weights, sizes)
+    drop = params.noise_filter == "drop"
+    cands = [m[~flags[m]] for m in members] if drop else members
+    weights = cluster_weights(params.allocation, scores, cands)
+    alloc = allocate(n, weights, [len(m) for m in cands])
     score = ies(scores, n_tokens)
-    ranked = [m[np.lexsort((m, -score[m]))].tolist() for m in members]
+    ranked = [m[np.lexsort((m, -score[m], flags[m]))].tolist() for m in cands]
     accept = None
     graph = ConceptGraph()
     if params.concept_filter:
@@ -199,10 +304,17 @@ def _device(params: LMParams) -> str:
 def _embed(
     params: Params, pool: list[dict[str, Any]], root: Path, ctx: RunContext, device: str
 ) -> tuple[Any, int]:
-    from stages.select.scoring import embed
+    from stages.select.scoring import embed, embed_record_text, embed_text
 
+    text = embed_text if params.embed == "instruction" else embed_record_text
     return embed(
-        pool, root, ctx, params.encoder, params.embed_batch_size, device=device
+        pool,
+        root,
+        ctx,
+        params.encoder,
+        params.embed_batch_size,
+        device=device,
+        text=text,
     )
 
 
@@ -242,6 +354,29 @@ def cluster_pool(params: Params, emb: Any, seed: int) -> dict[str, Any]:
     }
 
 
+def damage_scores(
+    params: Params,
+    pool: list[dict[str, Any]],
+    inputs: dict[str, Path],
+    root: Path,
+    ctx: RunContext,
+    device: str,
+) -> tuple[Any, Any, int, Any]:
+    """Per-record damage score (``params.degradation``), token counts, how many
+    records were freshly scored, and the answer NLLs (N, 2) = (original,
+    pruned), None when neither the score nor the noise filter needs them (the
+    paper's JSD-only pass)."""
+    from stages.select.robust import degradation
+
+    if params.degradation == "jsd" and params.noise_filter == "none":
+        scores, n_tokens, new = jsd_scores(params, pool, inputs, root, ctx, device)
+        return scores, n_tokens, new, None
+    pair, n_tokens, new = lm_pair_scores(
+        params, pool, inputs, root, ctx, device, "pair", 3, pair_batch_fn
+    )
+    return degradation(params.degradation, pair), n_tokens, new, pair[:, 1:]
+
+
 def jsd_scores(
     params: LMParams,
     pool: list[dict[str, Any]],
@@ -252,23 +387,41 @@ def jsd_scores(
 ) -> tuple[Any, Any, int]:
     """Per-record response JSD between the reference and pruned models (cached),
     the records' token counts, and how many were freshly scored."""
+    vals, n_tokens, new = lm_pair_scores(
+        params, pool, inputs, root, ctx, device, "jsd", 1, jsd_batch_fn
+    )
+    return vals[:, 0], n_tokens, new
+
+
+def lm_pair_scores(
+    params: LMParams,
+    pool: list[dict[str, Any]],
+    inputs: dict[str, Path],
+    root: Path,
+    ctx: RunContext,
+    device: str,
+    kind: str,
+    dim: int,
+    batch_fn: Any,
+) -> tuple[Any, Any, int]:
+    """``dim`` cached scores per record from one teacher-forced pass of the
+    reference and the pruned model (``batch_fn(ref, pruned)`` makes the batch
+    function), token counts, and how many records were freshly scored."""
     import numpy as np
 
     from stages.common.io import load_tokenizer
-    from stages.select.cache import fingerprint
-    from stages.select.scoring import encode_records, lm_key, load_lm, record_scores
+    from stages.select.cache import ScoreCache, fingerprint
+    from stages.select.scoring import encode_records, lm_key, lm_scores, load_lm
 
     mp, mo = Path(inputs["model"]), Path(inputs["reference"])
     tok = load_tokenizer(mp)
     enc = encode_records(tok, pool, params.max_len)
     n_tokens = np.array([len(ids) for ids, _ in enc])
-    name = f"jsd-{fingerprint(mo)}-{fingerprint(mp)}-len{params.max_len}"
+    name = f"{kind}-{fingerprint(mo)}-{fingerprint(mp)}-len{params.max_len}"
     keys = [lm_key(r) for r in pool]
-    from stages.select.cache import ScoreCache
-
-    cached, missing = ScoreCache(root / name, 1).lookup(keys)
+    cached, missing = ScoreCache(root / name, dim).lookup(keys)
     if not missing:
-        return cached[:, 0], n_tokens, 0
+        return cached, n_tokens, 0
     ref = load_lm(mo, device, params.dtype)
     pruned = load_lm(mp, device, params.dtype)
     if ref.config.vocab_size != pruned.config.vocab_size:
@@ -276,9 +429,20 @@ def jsd_scores(
             f"reference: vocabulary {ref.config.vocab_size} differs from the pruned "
             f"model's {pruned.config.vocab_size}; JSD needs the same tokenizer"
         )
-
-    fn = jsd_batch_fn(ref, pruned)
-    vals, new = record_scores(name, enc, keys, root, fn, ctx, tok, params, device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    vals, new = lm_scores(
+        name,
+        enc,
+        keys,
+        root,
+        dim,
+        batch_fn(ref, pruned),
+        ctx,
+        pad,
+        params.max_batch_tokens,
+        params.max_batch,
+        device,
+    )
     return vals, n_tokens, new
 
 
@@ -290,5 +454,17 @@ def jsd_batch_fn(ref: Any, pruned: Any) -> Any:
     def fn(batch: dict[str, Any]) -> Any:
         lo, labels = response_logits(ref, batch)
         return response_jsd(lo, response_logits(pruned, batch)[0], labels)
+
+    return fn
+
+
+def pair_batch_fn(ref: Any, pruned: Any) -> Any:
+    """``fn(batch) -> (B, 3)``: response JSD and both models' answer NLLs."""
+    from stages.select.kernels import response_pair_scores
+    from stages.select.scoring import response_logits
+
+    def fn(batch: dict[str, Any]) -> Any:
+        lo, labels = response_logits(ref, batch)
+        return response_pair_scores(lo, response_logits(pruned, batch)[0], labels)
 
     return fn

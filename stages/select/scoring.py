@@ -24,6 +24,11 @@ def embed_text(rec: dict[str, Any]) -> str:
     return f"{rec['instruction']} {inp}".strip() if inp else rec["instruction"]
 
 
+def embed_record_text(rec: dict[str, Any]) -> str:
+    """The whole record: instruction (+ input) and its answer."""
+    return f"{embed_text(rec)} {rec.get('output') or ''}".strip()
+
+
 def encoder_path(encoder: str | None) -> str:
     """The bundled all-MiniLM-L6-v2 folder unless another local path is given."""
     if encoder:
@@ -41,12 +46,14 @@ def embed(
     batch_size: int = 64,
     chunk: int = 4096,
     device: str = "cpu",
+    text: Callable[[dict[str, Any]], str] = embed_text,
 ) -> tuple[np.ndarray, int]:
-    """Unit-norm sentence embeddings (N, D) for ``records``, computed only for
-    records not in the cache; returns them and the number freshly computed."""
+    """Unit-norm sentence embeddings (N, D) of ``text(record)`` for ``records``
+    (default: the instruction, as PASER), computed only for records not in the
+    cache; returns them and the number freshly computed."""
     from stages.select.cache import fingerprint
 
-    texts = [embed_text(r) for r in records]
+    texts = [text(r) for r in records]
     keys = [record_key(r, t) for r, t in zip(records, texts, strict=True)]
     path = encoder_path(encoder)
     cache = ScoreCache(cache_dir / f"embed-{fingerprint(Path(path))}", None)

@@ -95,7 +95,8 @@ def test_paser_end_to_end_cached_and_deterministic(world, tmp_path):
     assert rep2["computed"] == {"embeddings": 0, "jsd": 0}
     assert rep2["cds"] == pytest.approx(rep["cds"], abs=1e-7)
     # same params, fresh cache: the same selection
-    run(p, _inputs(root), tmp_path / "c", RunContext(checkpoint_dir=tmp_path / "ck2"))
+    fresh = RunContext(checkpoint_dir=tmp_path / "new" / "ck")
+    run(p, _inputs(root), tmp_path / "c", fresh)
     assert [r["id"] for r in read_dataset(tmp_path / "c")] == [r["id"] for r in got]
 
 
@@ -119,9 +120,9 @@ def test_paser_without_clustering_and_filter_is_top_ies(world, tmp_path):
     from stages.select.paser import jsd_scores
 
     pool = read_dataset(root / "world")
-    scores, ntok, new = jsd_scores(
-        p, pool, _inputs(root), tmp_path / "ck", RunContext(), "cpu"
-    )
+    # the stage keeps its caches beside its checkpoint folder (select-scores/)
+    ck = tmp_path / "select-scores"
+    scores, ntok, new = jsd_scores(p, pool, _inputs(root), ck, RunContext(), "cpu")
     assert new == 0 and load_tokenizer(root / "prune") is not None
     s = ies(scores, ntok)
     top = {pool[i]["id"] for i in np.lexsort((np.arange(60), -s))[:10]}
@@ -161,7 +162,8 @@ def test_perplexity_takes_highest_loss(world, tmp_path):
     from stages.select.perplexity import nll_scores
 
     pool = read_dataset(root / "world")
-    nll, new = nll_scores(p, root / "prune", pool, tmp_path / "ck", RunContext())
+    ck = tmp_path / "select-scores"  # shared by the checkout's select nodes
+    nll, new = nll_scores(p, root / "prune", pool, ck, RunContext())
     assert new == 0
     chosen = {r["id"] for r in read_dataset(tmp_path / "p")}
     picked = [nll[i] for i, r in enumerate(pool) if r["id"] in chosen]
@@ -210,3 +212,32 @@ def test_response_logits_skip_prompt_positions_same_scores(world):
         assert torch.allclose(
             response_nll(cut, labels), response_nll(full_o, batch["labels"]), atol=1e-5
         )
+
+
+def test_paser_carp_mode_deterministic_with_report(world, tmp_path):
+    """mode carp: one paired pass gives the loss increase and the noise flag;
+    the same params on a fresh cache give the same selection."""
+    root, recs = world
+    p = paser_m.Params(
+        pool="world",
+        model="prune",
+        reference="base",
+        budget=0.25,
+        mode="carp",
+        k_max=6,
+        n_neighbors=5,
+    )
+    ids = []
+    for name in ("a", "b"):
+        run(p, _inputs(root), tmp_path / name, RunContext())
+        ids.append([r["id"] for r in read_dataset(tmp_path / name)])
+    assert ids[0] == ids[1] and 0 < len(ids[0]) <= 15
+    rep = json.loads((tmp_path / "a" / "selection.json").read_text())
+    assert rep["computed"] == {"embeddings": 60, "jsd": 60}
+    assert rep["degradation"] == "loss_increase" and rep["noise_filter"] == "drop"
+    assert -1 <= rep["ari_vs_family"] <= 1 and "|C_k|" in rep["allocation_rule"]
+    assert min(rep["cds"]) >= 0  # a clipped loss increase
+    flagged = rep["noise_flagged"]
+    assert sum(rep["taken"]) == len(ids[0]) and flagged < 60
+    # dropped records are never selected
+    assert sum(rep["allocated"]) <= 60 - flagged
