@@ -12,7 +12,9 @@ of models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
 bootstrap on the records/documents both were scored on). ``choices/<model>.jsonl``
 (multiple choice per item) gives ``mc/acc`` and ``mc/acc_norm``, and the
 predictions' ``seen`` flags ``em_seen`` / ``em_unseen``, a Wilson interval over
-the pooled records and a paired-bootstrap difference.
+the pooled records and a paired-bootstrap difference. Every 0/1 difference (per
+family, pooled) also gets ``_p``: McNemar's mid-p on the same records, the
+alternative paired test (``paired_test: mcnemar`` marks n.s. by p >= 0.05).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from itertools import combinations
 from pathlib import Path
 
 from stages.evaluate.intervals import (
+    mcnemar_midp,
     ratio_bootstrap,
     rng_seed,
     stratified_bootstrap,
@@ -96,6 +99,9 @@ def em_difference(a: Hits, b: Hits, seed: list[int]) -> dict[str, float]:
         if not ids:
             continue
         diffs = [b[fam][i] - a[fam][i] for i in ids]
+        out[f"em/{fam}_p"] = mcnemar_midp(
+            [a[fam][i] for i in ids], [b[fam][i] for i in ids]
+        )
         strata.append(diffs)
         lo, hi = stratified_bootstrap([diffs], [*seed, len(strata)])
         out[f"em/{fam}"] = sum(diffs) / len(diffs)
@@ -149,10 +155,12 @@ def _pooled_runs(out_dir: Path, models: list[str]) -> dict[str, dict]:
 def pooled_difference(a: dict, b: dict, seed: list[int]) -> tuple[float, float, float]:
     """``b - a`` of a pooled accuracy on the records both have, with its
     paired-bootstrap interval."""
-    diffs = [b[k] - a[k] for k in sorted(set(a) & set(b))]
+    keys = sorted(set(a) & set(b))
+    diffs = [b[k] - a[k] for k in keys]
     if not diffs:
-        return float("nan"), float("nan"), float("nan")
-    return (sum(diffs) / len(diffs), *stratified_bootstrap([diffs], seed))
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    p = mcnemar_midp([a[k] for k in keys], [b[k] for k in keys])
+    return (sum(diffs) / len(diffs), *stratified_bootstrap([diffs], seed), p)
 
 
 def compare(
@@ -195,8 +203,9 @@ def compare(
         for metric, runs in pooled.items():
             if a in runs and b in runs:
                 seq = rng_seed(seed, name, metric)
-                v, lo, hi = pooled_difference(runs[a], runs[b], seq)
+                v, lo, hi, p = pooled_difference(runs[a], runs[b], seq)
                 d[metric], d[f"{metric}_lo"], d[f"{metric}_hi"] = v, lo, hi
+                d[f"{metric}_p"] = p
         if d:
             diffs[name] = d
     return diffs

@@ -8,6 +8,8 @@ of two models on the same records is a *paired* bootstrap of the per-record
 differences (again stratified by family), so the record-to-record difficulty
 the models share cancels out. A difference whose interval contains 0 is not
 significant. Every bootstrap is seeded: the same inputs give the same bounds.
+McNemar's test (exact binomial on the discordant pairs, mid-p; Fagerland et al.
+2013) is the alternative paired test for 0/1 outcomes such as exact match.
 """
 
 from __future__ import annotations
@@ -108,3 +110,17 @@ def ratio_bootstrap(
 def significant(lo: float, hi: float) -> bool:
     """True when the interval of a difference excludes 0."""
     return bool(lo > 0 or hi < 0)
+
+
+def mcnemar_midp(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided mid-p McNemar test of paired 0/1 outcomes ``a`` and ``b``:
+    the exact binomial p on the discordant pairs (n01 of n01 + n10 under p=1/2)
+    minus the probability of the observed count; 1.0 when none are discordant."""
+    from scipy.stats import binom
+
+    n01 = sum(1 for x, y in zip(a, b, strict=True) if x < y)
+    n10 = sum(1 for x, y in zip(a, b, strict=True) if x > y)
+    n, k = n01 + n10, min(n01, n10)
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2 * binom.cdf(k, n, 0.5) - binom.pmf(k, n, 0.5)))

@@ -36,6 +36,8 @@ WHOLE_TEXT_ROWS = [
     ("bits per byte", "bits_per_byte", ".4f"),
 ]
 
+ALPHA = 0.05  # McNemar: n.s. at p >= ALPHA (the intervals are 95%)
+
 Results = dict[str, dict[str, float]]
 BOUNDS = ("_lo", "_hi")
 MAX_DIFF_COLUMNS = 6  # more pairs: the table shows each model against the first
@@ -51,10 +53,18 @@ def families_of(results: Results) -> list[str]:
     return sorted(fams - {"mean"})
 
 
-def cell(res: dict[str, float], key: str, fmt: str, signed: bool = False) -> str:
+def cell(
+    res: dict[str, float],
+    key: str,
+    fmt: str,
+    signed: bool = False,
+    test: str = "bootstrap",
+) -> str:
     """``0.902 [0.87, 0.93]`` (value and its 95% interval, when there is one;
     bounds to 2 decimals, or in the row's own format when it is not ``.3f``);
-    a difference (``signed``) whose interval contains 0 gets ``n.s.``."""
+    a difference (``signed``) whose interval contains 0 gets ``n.s.``; with
+    ``test="mcnemar"`` a difference with a McNemar p (``<key>_p``) shows it and
+    is n.s. when p >= 0.05."""
     if key not in res:
         return "-"
     sign = "+" if signed else ""
@@ -64,7 +74,10 @@ def cell(res: dict[str, float], key: str, fmt: str, signed: bool = False) -> str
         return text
     bound = ".2f" if fmt == ".3f" else fmt
     text += f" [{lo:{sign}{bound}}, {hi:{sign}{bound}}]"
-    if signed and lo <= 0 <= hi:
+    p = res.get(f"{key}_p") if test == "mcnemar" else None
+    if p is not None:
+        text += f" p={p:.2g}"
+    if signed and (lo <= 0 <= hi if p is None else p >= ALPHA):
         text += " n.s."
     return text
 
@@ -87,21 +100,29 @@ def _rows(results: Results) -> list[tuple[str, str, str]]:
 
 
 def _table(
-    results: Results, columns: list[str], rows: list, signed: bool = False
+    results: Results,
+    columns: list[str],
+    rows: list,
+    signed: bool = False,
+    test: str = "bootstrap",
 ) -> list[str]:
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, key, fmt in rows:
-        cells = [cell(results[c], key, fmt, signed) for c in columns]
+        cells = [cell(results[c], key, fmt, signed, test) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def markdown_table(
-    results: Results, models: list[str], diffs: Results | None = None
+    results: Results,
+    models: list[str],
+    diffs: Results | None = None,
+    test: str = "bootstrap",
 ) -> str:
     """Rows: families, mean EM, perplexities (with 95% intervals); columns:
     models in the given order. Then the paired differences (``b - a`` for
-    models ``a`` before ``b``), each marked ``n.s.`` when its interval holds 0."""
+    models ``a`` before ``b``), each marked ``n.s.`` when its interval holds 0
+    (``test="mcnemar"``: 0/1 rows by McNemar's mid-p >= 0.05 instead)."""
     lines = _table(results, models, _rows(results))
     if diffs:
         shown = [p for p in diffs]
@@ -114,6 +135,11 @@ def markdown_table(
             "",
             "Paired differences (later − earlier model, same records), 95% "
             "paired-bootstrap intervals; *n.s.*: the interval contains 0"
+            + (
+                " (exact-match and accuracy rows: McNemar mid-p >= 0.05)"
+                if test == "mcnemar"
+                else ""
+            )
             + ("" if len(shown) == len(diffs) else "; all pairs in metrics.json")
             + ".",
             "",
@@ -122,6 +148,7 @@ def markdown_table(
                 [labels[p] for p in shown],
                 rows,
                 signed=True,
+                test=test,
             ),
         ]
     lines += [

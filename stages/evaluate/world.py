@@ -40,6 +40,12 @@ class Params(KindParams):
         description="Generation budget; default: longest reference answer + 1.",
     )
 
+    paired_test: Literal["bootstrap", "mcnemar"] = Field(
+        "bootstrap",
+        description="What marks a paired difference n.s. in the table: its 95% "
+        "paired-bootstrap interval holding 0, or (mcnemar) McNemar's mid-p >= "
+        "0.05 for exact-match and accuracy rows; metrics.json has both.",
+    )
     choices_file: str | None = Field(
         None,
         description="multiple_choice suite: a JSONL of question/choices/answer "
@@ -112,7 +118,8 @@ def result_key(params: Params, model_fp: str, world_fp: str) -> str:
     root = Path(__file__).resolve().parents[2]
     suites = [SUITES.target(s) for s in params.suites]
     code = code_version(code_files(suites, root), root)
-    blob = params.model_dump_json(exclude={"models"})
+    # paired_test only changes the table, not a model's scores
+    blob = params.model_dump_json(exclude={"models", "paired_test"})
     blob += f"|{model_fp}|{world_fp}|{code}"
     if params.choices_file:  # its content, not only its name
         blob += hashlib.sha256(Path(params.choices_file).read_bytes()).hexdigest()
@@ -208,7 +215,7 @@ def evaluate(
             oracle = next((n for n in names if n == params.oracle), None)
             results = relate(results, oracle, out_dir, ctx.seed)
     diffs = compare(out_dir, names, results, ctx.seed)
-    table = markdown_table(results, names, diffs)
+    table = markdown_table(results, names, diffs, params.paired_test)
     (out_dir / "table.md").write_text(table)
     plots = []
     if "exact_match" in params.suites:

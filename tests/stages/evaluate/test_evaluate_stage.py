@@ -55,9 +55,10 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
             lo, v, hi = (res.metrics[f"{m}/{k}{b}"] for b in ("_lo", "", "_hi"))
             assert lo <= v <= hi
     pair = "base-vs-prune"  # later minus earlier model, paired on the records
+    binary = [*(f"em/{f}" for f in fams), *seen, "mc/acc", "mc/acc_norm"]
     assert {k for k in res.metrics if k.startswith(pair)} == {
         f"{pair}/{k}{b}" for k in headline for b in ("", "_lo", "_hi")
-    }
+    } | {f"{pair}/{k}_p" for k in binary}  # McNemar on 0/1 outcomes
     table = (tmp_path / "table.md").read_text()
     assert res.summary == table
     lines = table.splitlines()

@@ -146,3 +146,25 @@ def test_em_on_seen_and_unseen_problems_from_world_flags(tmp_path: Path):
     assert results["a"]["em_unseen_lo"] == pytest.approx(wilson(1, 2)[0])
     assert d["em_seen"] == 0.0 and d["em_unseen"] == pytest.approx(0.0)
     assert d["em_unseen_lo"] < 0 < d["em_unseen_hi"]  # one fixed, one broken
+
+
+def test_mcnemar_mid_p_on_hand_made_pairs():
+    from stages.evaluate.intervals import mcnemar_midp
+    from stages.evaluate.report import cell
+
+    # b breaks 5 records a got right, fixes none: exact p = 2 / 2**5, mid-p half
+    a, b = [1] * 5 + [1, 0] * 5, [0] * 5 + [1, 0] * 5
+    assert mcnemar_midp(a, b) == pytest.approx(2 / 32 - 1 / 32)
+    assert mcnemar_midp(b, a) == mcnemar_midp(a, b)
+    assert mcnemar_midp([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0  # 2 fixed, 2 broken
+    assert mcnemar_midp([1, 1], [1, 1]) == 1.0  # nothing discordant
+    # 1 vs 9 discordant: 2 * P(X <= 1) - P(X = 1) for X ~ Bin(10, 1/2)
+    a, b = [1] + [0] * 9, [0] + [1] * 9
+    assert mcnemar_midp(a, b) == pytest.approx((2 * (1 + 10) - 10) / 1024)
+    d = em_difference(_hits({"add": a}), _hits({"add": b}), seed=[0])
+    assert d["em/add_p"] == pytest.approx(12 / 1024)
+    # the table marks by p under mcnemar, by the interval otherwise
+    res = {"x": 0.1, "x_lo": -0.02, "x_hi": 0.2, "x_p": 0.01}
+    assert cell(res, "x", ".3f", signed=True).endswith("n.s.")
+    got = cell(res, "x", ".3f", signed=True, test="mcnemar")
+    assert got == "+0.100 [-0.02, +0.20] p=0.01"
