@@ -63,6 +63,13 @@ def make_inputs(work: Path, dims: dict[str, int]) -> dict[str, Path]:
     return {n: root / n for n in names}
 
 
+def build_in_child(work: Path, dims: dict[str, int], env: dict[str, str]) -> None:
+    """Build the inputs in a child process: a child's ``ru_maxrss`` starts from
+    its parent's at fork, so the measuring parent must stay small."""
+    cmd = [sys.executable, __file__, "--child", "build", "--family", json.dumps(dims)]
+    subprocess.run([*cmd, "--out", str(work)], env=env, check=True)
+
+
 def models_for(method: str, family: dict[str, Path]) -> tuple[list[Path], Path | None]:
     experts = [family["e0"], family["e1"], family["e2"]]
     if method == "slerp":
@@ -79,6 +86,9 @@ def child(args: argparse.Namespace) -> None:
     from stages.merge import METHODS, run
 
     if args.child == "import":
+        return
+    if args.child == "build":
+        make_inputs(Path(args.out), json.loads(args.family))
         return
     family = json.loads(args.family)
     family = {k: Path(v) for k, v in family.items()}
@@ -172,7 +182,8 @@ def main() -> None:
         vocab_size=args.vocab,
         max_positions=2048,
     )
-    family = make_inputs(args.work, dims)
+    build_in_child(args.work, dims, args.env)
+    family = make_inputs(args.work, dims)  # the paths (already built)
     size = {k: _mib(v) for k, v in family.items()}
     print("inputs (MiB):", {k: round(v) for k, v in size.items()}, flush=True)
     baseline = measure_carp("import", family, args.work / "out", args)
