@@ -1,7 +1,9 @@
 """World evaluation: every model on a world's held-out sets with carp's suites
 (per-family exact match, rolling and answer-only perplexity) with 95% intervals
-and paired differences between models (``stages.evaluate.compare``); a markdown
-table, a CSV and a chart.
+and paired differences between models (``stages.evaluate.compare``), and for the
+seed variants of a swept stage mean ± std across seeds with the t-interval of
+the mean (``stages.evaluate.seeds``: ``seeds/<group>/...``); a markdown table, a
+CSV and a chart.
 
 Writes ``table.md``, ``results.csv``, ``em.png``, ``predictions/<model>.jsonl``
 and ``answers/<model>.jsonl``.
@@ -199,6 +201,7 @@ def evaluate(
     table, CSV and chart."""
     from stages.evaluate.compare import compare
     from stages.evaluate.report import bar_chart, markdown_table, write_csv
+    from stages.evaluate.seeds import seed_summary, seed_table
 
     world = Path(inputs["data"])
     dirs = [Path(p) for p in inputs["models"]]
@@ -216,15 +219,19 @@ def evaluate(
             results = relate(results, oracle, out_dir, ctx.seed)
     diffs = compare(out_dir, names, results, ctx.seed)
     table = markdown_table(results, names, diffs, params.paired_test)
+    across = seed_summary(results, names)  # swept stages with `seeds:`
+    if across:
+        table += "\n" + seed_table(across)
     (out_dir / "table.md").write_text(table)
     plots = []
     if "exact_match" in params.suites:
         write_csv(results, names, out_dir / "results.csv")
         bar_chart(results, names, out_dir / "em.png")
         plots = ["results.csv", "em.png"]
+    seeds = [(f"seeds/{g}", row) for g, row in across.items()]
     metrics = {
         f"{m}/{k}": float(v)
-        for m, res in [*results.items(), *diffs.items()]
+        for m, res in [*results.items(), *diffs.items(), *seeds]
         for k, v in res.items()
     }
     return StageResult(metrics=metrics, plots=plots, summary=table)

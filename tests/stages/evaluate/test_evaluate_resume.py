@@ -83,3 +83,21 @@ def test_cache_key_follows_the_choices_file_content(tmp_path):
     assert key == result_key(params, "m1", "w1")
     path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n')
     assert result_key(params, "m1", "w1") != key
+
+
+def test_seed_variants_get_an_across_seeds_row(folders, tmp_path):
+    import shutil
+
+    world, model = folders
+    dirs = [tmp_path / "m@s0", tmp_path / "m@s1"]
+    for d in dirs:  # the seed variants of a swept stage `m`
+        shutil.copytree(model, d)
+    params = Params(models=["m@s0", "m@s1"], data="world", max_samples_per_family=2)
+    (tmp_path / "out").mkdir()
+    res = KIND.run(
+        params, {"data": world, "models": dirs}, tmp_path / "out", RunContext()
+    )
+    assert res.metrics["seeds/m/seeds"] == 2
+    assert res.metrics["seeds/m/em/mean"] == res.metrics["m@s0/em/mean"]
+    assert res.metrics["seeds/m/ppl_answer_std"] == 0.0  # the same weights
+    assert "| m | 2 |" in (tmp_path / "out" / "table.md").read_text()
