@@ -157,8 +157,22 @@ def synthetic_jsd(pool: list, seed: int = 0) -> Any:
     return np.clip(base * rng.lognormal(0, 0.5, len(pool)), 0, 0.69)
 
 
+def synthetic_pair(pool: list, seed: int = 0) -> Any:
+    """(JSD, NLL original, NLL pruned) per record for ``mode: carp``: the
+    synthetic JSD; an original-model answer loss that is low for clean and
+    high for corrupted records; the pruned loss above it by the damage."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    jsd = synthetic_jsd(pool, seed)
+    bad = np.array([bool(r.get("corrupted")) for r in pool])
+    nll_o = np.where(bad, 4.0, 0.05) * rng.lognormal(0, 0.5, len(pool))
+    return np.stack([jsd, nll_o, nll_o + 5 * jsd], axis=1)
+
+
 def prime_caches(pool: list, emb: Any, ck: Path, models: dict[str, Path]) -> None:
-    """Write the stage's embedding and JSD caches for ``pool`` into ``ck``."""
+    """Write the stage's embedding, JSD and paired-score caches for ``pool``
+    into ``ck`` (the stage's shared ``select-scores`` folder)."""
     from stages.select.cache import ScoreCache, fingerprint, record_key
     from stages.select.scoring import embed_text, encoder_path, lm_key
 
@@ -167,9 +181,9 @@ def prime_caches(pool: list, emb: Any, ck: Path, models: dict[str, Path]) -> Non
     enc = ScoreCache(ck / f"embed-{fingerprint(Path(encoder_path(None)))}", 384)
     enc.add([record_key(r, embed_text(r)) for r in pool], emb)
     name = f"jsd-{fingerprint(models['base'])}-{fingerprint(models['prune'])}-len256"
-    ScoreCache(ck / name, 1).add(
-        [lm_key(r) for r in pool], synthetic_jsd(pool)[:, None]
-    )
+    keys = [lm_key(r) for r in pool]
+    ScoreCache(ck / name, 1).add(keys, synthetic_jsd(pool)[:, None])
+    ScoreCache(ck / name.replace("jsd-", "pair-", 1), 3).add(keys, synthetic_pair(pool))
 
 
 def stage_job(
@@ -179,6 +193,7 @@ def stage_job(
     budget: float,
     knn_dim: int,
     models: dict[str, Path],
+    mode: str,
     q,
 ):
     """The select stage's run() (paser) with primed caches; ARI from its labels."""
@@ -197,7 +212,12 @@ def stage_job(
 
     paser.cluster_pool = spy  # the stage looks it up by name: labels for the ARI
     p = paser.Params(
-        pool="pool", model="prune", reference="base", budget=budget, knn_dim=knn_dim
+        pool="pool",
+        model="prune",
+        reference="base",
+        budget=budget,
+        knn_dim=knn_dim,
+        mode=mode,
     )
     inputs = {
         "pool": Path(pool_dir),
@@ -207,7 +227,7 @@ def stage_job(
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     res = select.run(
-        p, inputs, Path(out), RunContext(checkpoint_dir=Path(ck), name="sel")
+        p, inputs, Path(out), RunContext(checkpoint_dir=Path(ck).parent / "sel")
     )
     total = time.perf_counter() - t
     rep = json.loads((Path(out) / "selection.json").read_text())
@@ -230,6 +250,9 @@ def stage_job(
             "filter_rejected": rep["filter_rejected_total"],
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "rss_before_gb": rss0 / 2**20,
+            "mode": mode,
+            "noise_flagged": rep.get("noise_flagged"),
+            "corrupted_selected": rep["corrupted_selected"],
             "ari_vs_family": float(
                 adjusted_rand_score(fam, np.asarray(captured["labels"]))
             ),
@@ -306,6 +329,12 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.05)
     ap.add_argument("--budget", type=float, default=0.2)
     ap.add_argument("--knn-dim", type=int, default=64)
+    ap.add_argument(
+        "--mode",
+        choices=["faithful", "carp"],
+        default="faithful",
+        help="PASER mode of the timed stage (carp: paired scores, noise filter)",
+    )
     ap.add_argument("--real-embed-max", type=int, default=60000)
     ap.add_argument("--dense-max-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=1500)
@@ -353,7 +382,7 @@ def main() -> None:
         else:
             emb, info = synthetic_embeddings(pool, ref_pool, ref_emb)
             kind = "synthetic (jittered real, same family)"
-        ck = a.work / f"ck{n}"
+        ck = a.work / f"ck{n}" / "select-scores"  # the stage's shared cache
         prime_caches(pool, emb, ck, models)
         del emb
         fams: dict[str, int] = {}
@@ -374,6 +403,7 @@ def main() -> None:
             a.budget,
             a.knn_dim,
             models,
+            a.mode,
             timeout=a.timeout,
         )
         need = DENSE_MATRICES * 8 * n**2 / 2**30
