@@ -79,13 +79,23 @@ def test_npo_caches_reference_logps(tiny, tmp_path):
     assert logp.shape == (24,) and bool((logp < 0).all())
 
 
-@pytest.mark.parametrize("method", ["npo", "rmu"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "npo",
+        "rmu",
+        # same training runtime and mask hook as npo: slow-marked
+        pytest.param("ga", marks=pytest.mark.slow),
+        pytest.param("grad_diff", marks=pytest.mark.slow),
+        pytest.param("simnpo", marks=pytest.mark.slow),
+    ],
+)
 def test_masks_kept_bit_for_bit(tiny, tmp_path, method):
     from safetensors.torch import load_file
 
     from stages.common.io import load_model
 
-    kw = {"lr": 5e-4} if method == "npo" else {"layer": 1}
+    kw = {"layer": 1} if method == "rmu" else {"lr": 5e-4}
     out = unlearn(tiny, tmp_path, method, model="sparse", **kw)
     src = tiny["sparse"] / "masks.safetensors"
     assert (out / "masks.safetensors").read_bytes() == src.read_bytes()
