@@ -101,3 +101,26 @@ def test_seed_variants_get_an_across_seeds_row(folders, tmp_path):
     assert res.metrics["seeds/m/em/mean"] == res.metrics["m@s0/em/mean"]
     assert res.metrics["seeds/m/ppl_answer_std"] == 0.0  # the same weights
     assert "| m | 2 |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_adding_a_model_scores_only_that_model(folders, tmp_path, monkeypatch):
+    import shutil
+
+    import stages.common.io as io
+
+    world, model = folders
+    other = tmp_path / "n"
+    shutil.copytree(model, other)
+    loaded: list[str] = []
+    real = io.load_model
+    monkeypatch.setattr(
+        io, "load_model", lambda d, **k: loaded.append(d.name) or real(d, **k)
+    )
+    ck = tmp_path / "ck"
+    one = Params(models=["m"], data="world", max_samples_per_family=1)
+    KIND.run(one, {"data": world, "models": [model]}, tmp_path / "a", ctx(ck))
+    two = one.model_copy(update={"models": ["m", "n"]})
+    fps = {"data": "w1", "models": ["m1", "n1"]}
+    run_ctx = RunContext(checkpoint_dir=ck, input_fingerprints=fps)
+    KIND.run(two, {"data": world, "models": [model, other]}, tmp_path / "b", run_ctx)
+    assert loaded == ["m", "n"]  # m came from the cache the second time
