@@ -104,8 +104,9 @@ class Lineage:
         try:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                location = (root / "mlartifacts").resolve().as_uri()
+            if exp is None:  # a server stores artifacts where it is told to
+                remote = uri.startswith(("http://", "https://"))
+                location = None if remote else (root / "mlartifacts").resolve().as_uri()
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=location
                 )

@@ -258,16 +258,8 @@ def hardware(args: Any) -> Hardware:
     )
 
 
-def model_overrides(values: list[str], root: Path) -> dict[str, Shape]:
-    """``STAGE=llama-2-7b|PATH`` pairs of ``--model-config``."""
+def model_overrides(values: dict[str, str], root: Path) -> dict[str, Shape]:
+    """``--model-config`` (stage -> llama-2-7b | PATH) as shapes."""
     from pipelines.plan.shapes import load_config_arg
 
-    out = {}
-    for v in values:
-        stage, sep, what = v.partition("=")
-        if not sep or not stage or not what:
-            raise ValueError(
-                f"--model-config {v!r}: write STAGE=CONFIG (e.g. base=llama-2-7b)"
-            )
-        out[stage] = load_config_arg(what, root)
-    return out
+    return {stage: load_config_arg(what, root) for stage, what in values.items()}

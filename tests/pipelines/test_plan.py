@@ -192,6 +192,7 @@ def test_zero_stages_for_seven_b_recovery(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.timeout(3600)
 def test_micro_plan_within_30_percent_of_measured_peaks(tmp_path):
     """Each node of the micro pipeline run as `carp stage` in its own process;
     its peak RSS (ru_maxrss) against the plan's CPU estimate."""
