@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: anything else would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]' torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,dask]' torch==2.13.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from pipelines.graph import Graph, build
+from pipelines.graph import Graph
 from pipelines.kinds import KINDS, load_kind
 from pipelines.lineage import NULL_RUN
 from pipelines.runtime import (
@@ -38,7 +38,6 @@ from pipelines.runtime import (
     open_lineage,
     run_node,
 )
-from pipelines.spec import load
 
 
 @dataclass
@@ -82,10 +81,34 @@ def _init_worker(kinds: dict[str, str]) -> None:
             KINDS.register(name, target)
 
 
-def task_runner(parallel: int) -> Any:
+def task_runner(parallel: int, kind: str | None = None) -> Any:
     """One node at a time in the flow's process, or a pool of worker processes:
     stages set torch's global RNG and load models through process-wide state, so
-    concurrent nodes need processes, not threads."""
+    concurrent nodes need processes, not threads. ``kind`` (the declaration's
+    ``task_runner``): ``dask`` = a local Dask cluster of ``parallel`` worker
+    processes, ``tcp://HOST:PORT`` = a running Dask scheduler (prefect-dask)."""
+    if kind == "dask" or (kind or "").startswith("tcp://"):
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError(
+                f"task_runner: {kind} needs prefect-dask: pip install 'carp[dask]'"
+            ) from None
+        if kind != "dask":
+            return DaskTaskRunner(address=kind)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": parallel,
+                "threads_per_worker": 1,  # one node per worker process
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    if kind not in (None, "process"):
+        raise ValueError(
+            f"task runner {kind!r}: use process, dask or tcp://HOST:PORT (a Dask "
+            "scheduler)"
+        )
     if parallel <= 1:
         return ThreadPoolTaskRunner(max_workers=1)
     return ProcessPoolTaskRunner(
@@ -94,18 +117,39 @@ def task_runner(parallel: int) -> Any:
 
 
 def _node_task(
-    graph: Graph, name: str, layout: Layout, run: Any, force: bool
+    graph: Graph,
+    name: str,
+    layout: Layout,
+    run: Any,
+    force: bool,
+    routed: tuple[str, str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Run (or skip) one node; return the small, JSON-able part of its manifest."""
+    """Run (or skip) one node; return the small, JSON-able part of its manifest.
+    ``routed``: (deployment, declaration file, overrides) of a node that runs on
+    another work pool (``carp deploy --route``)."""
+    if routed is not None:
+        from flows.deploy import run_routed
+
+        deployment, file, overrides = routed
+        return run_routed(deployment, file, str(layout.home), overrides, name, run)
     manifest = run_node(graph, name, layout, run, force=force)
     return {k: manifest[k] for k in ("node", "cache_key", "fingerprint")}
 
 
 def submit_all(
-    graph: Graph, layout: Layout, run: Any, force: bool, runner: Any
+    graph: Graph,
+    layout: Layout,
+    run: Any,
+    force: bool,
+    runner: Any,
+    routing: tuple[dict[str, str], str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], FlowReport]:
     """Submit every node to ``runner`` after its upstream futures; collect the
-    outcome (nodes downstream of a failure never start)."""
+    outcome (nodes downstream of a failure never start). Tasks are tagged
+    ``carp-kind-<kind>`` / ``carp-stage-<stage>`` (Prefect tag concurrency
+    limits); ``routing`` = (routes, file, overrides) of `carp deploy --route`."""
+    from flows.deploy import route_of
+
     futures: dict[str, Any] = {}
     for name, node in graph.nodes.items():
         t = task(
@@ -115,9 +159,13 @@ def submit_all(
             retries=load_kind(node.kind).retries_for(node.params),
             retry_delay_seconds=5,
             cache_policy=NO_CACHE,
+            tags=[f"carp-kind-{node.kind}", f"carp-stage-{node.stage}"],
         )
         ups = [futures[u] for u in node.upstream]
         args = {"graph": graph, "name": name, "layout": layout, "run": run}
+        dest = route_of(node, routing[0]) if routing else None
+        if dest is not None and routing is not None:
+            args["routed"] = (dest, routing[1], routing[2])
         futures[name] = runner.submit(t, {**args, "force": force}, wait_for=ups)
     report = FlowReport()
     for name, fut in futures.items():
@@ -161,20 +209,34 @@ def carp_pipeline(
     track: bool = True,
     force: bool = False,
     max_parallel: int | None = None,
+    overrides: list[str] | None = None,
+    routes: dict[str, str] | None = None,
+    runner: str | None = None,
 ) -> Any:
-    """Run every node of the declaration ``file``; fail naming the failed nodes."""
-    report = _run(file, root, track, force, max_parallel)
+    """Run every node of the declaration ``file`` (with ``overrides``, e.g.
+    ``stages.prune.sparsity=0.6``); ``routes`` sends kinds/stages to other work
+    pools' ``carp-node`` deployments. Fails naming the failed nodes."""
+    report = _run(file, root, track, force, max_parallel, overrides, routes, runner)
     if report.failed:
         return Failed(message=report.summary(), data=report)
     return Completed(message=report.summary(), data=report)
 
 
 def _run(
-    file: str, root: str, track: bool, force: bool, max_parallel: int | None
+    file: str,
+    root: str,
+    track: bool,
+    force: bool,
+    max_parallel: int | None,
+    overrides: list[str] | None = None,
+    routes: dict[str, str] | None = None,
+    runner: str | None = None,
 ) -> FlowReport:
+    from flows.deploy import load_graph
+
     root_path = Path(root).resolve()
     path = Path(file) if Path(file).is_absolute() else root_path / file
-    graph = build(load(path))
+    graph = load_graph(path, overrides)
     layout = Layout(root_path)
     check_owner(graph, layout)
     parallel = max_parallel or graph.decl.header.max_parallel or default_parallel()
@@ -184,9 +246,11 @@ def _run(
     run = open_lineage(graph, layout, reuse=False) if track and not idle else NULL_RUN
     report = FlowReport()
     try:
-        runner = task_runner(parallel)
-        with runner:
-            _, report = submit_all(graph, layout, run, force, runner)
+        kind = runner or graph.decl.header.task_runner
+        with task_runner(parallel, kind) as tr:
+            print(f"carp: {len(graph.nodes)} nodes on {type(tr).__name__}")
+            routing = (routes, file, list(overrides or [])) if routes else None
+            _, report = submit_all(graph, layout, run, force, tr, routing)
     except BaseException as e:
         run.end(ok=False, status=end_status(e))
         raise
@@ -235,6 +299,7 @@ def run_pipeline(
     track: bool = True,
     force: bool = False,
     max_parallel: int | None = None,
+    runner: str | None = None,
 ) -> FlowReport:
     """Run the flow and return its report (also when nodes failed)."""
     ephemeral_server()
@@ -244,6 +309,7 @@ def run_pipeline(
         track=track,
         force=force,
         max_parallel=max_parallel,
+        runner=runner,
         return_state=True,
     )
     report = state.result(raise_on_failure=False)

@@ -1,4 +1,5 @@
-"""`carp validate | compile | stage | run | serve | plan | methods | report`."""
+"""The `carp` command line: validate, compile, stage, run, serve, deploy, plan,
+methods, report."""
 
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         track=not args.no_track,
         force=args.force,
         max_parallel=args.max_parallel,
+        runner=args.task_runner,
     )
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0
@@ -118,13 +120,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+    """``A=B`` options (``--route``, ``--model-config``) as a mapping."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option} {item!r}: write {form}")
+        out[key] = value
+    return out
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    _load_graph(args.file, local=True)
+    names = deploy(
+        args.file,
+        pool=args.pool,
+        cron=args.cron,
+        interval=args.interval,
+        name=args.name,
+        overrides=args.set,
+        routes=pairs(args.route, "--route", "KIND_OR_STAGE=POOL (recover=gpu)"),
+    )
+    for n in names:
+        print(f"deployment {n}: run it with `prefect deployment run '{n}'`")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipelines.plan import hardware, model_overrides, plan, render
 
     graph = _load_graph(args.file)
     root = Path.cwd()
     hw = hardware(args)
-    rows = plan(graph, hw, root, model_overrides(args.model_config, root))
+    shapes = pairs(
+        args.model_config, "--model-config", "STAGE=CONFIG (base=llama-2-7b)"
+    )
+    rows = plan(graph, hw, root, model_overrides(shapes, root))
     print(render(rows, hw))
     return 0
 
@@ -245,6 +279,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="stages run at once (default: the declaration's max_parallel)",
     )
+    s.add_argument(
+        "--task-runner",
+        default=None,
+        metavar="process|dask|tcp://HOST:PORT",
+        help="where nodes run (default: the declaration's task_runner, else "
+        "worker processes); dask needs prefect-dask",
+    )
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("serve", help="serve the flow on a cron schedule (Prefect)")
@@ -252,6 +293,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
     s.add_argument("--name", default=None, help="deployment name")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("deploy", help="a Prefect deployment on a work pool")
+    s.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    s.add_argument("--pool", required=True, help="work pool of the flow runs")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help='e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=float, default=None, help="seconds")
+    s.add_argument("--name", default=None, help="deployment name")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. stages.prune.sparsity=0.6 (repeatable)",
+    )
+    s.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="KIND_OR_STAGE=POOL",
+        help="run those nodes on another work pool, e.g. recover=gpu",
+    )
+    s.set_defaults(fn=cmd_deploy)
 
     s = sub.add_parser("plan", help="memory and time each stage needs")
     s.add_argument("file", nargs="?", default=DEFAULT_FILE)

@@ -56,6 +56,14 @@ class PipelineHeader(BaseModel):
         description="Prefect flow: most nodes run at once; default one per two "
         "CPU cores (at least 1). `carp run --max-parallel N` overrides it.",
     )
+    task_runner: str | None = Field(
+        None,
+        pattern=r"^(process|dask|tcp://[A-Za-z0-9.\-]+:[0-9]{1,5})$",
+        description="Prefect task runner: `process` (default: worker processes), "
+        "`dask` (a local Dask cluster of max_parallel workers) or "
+        "`tcp://HOST:PORT` (a running Dask scheduler); Dask needs the `dask` extra "
+        "(prefect-dask). `carp run --task-runner` overrides it.",
+    )
     stages: dict[str, Any] = Field(..., description="Named stages, in any order.")
 
     @field_validator("tracking_uri")
