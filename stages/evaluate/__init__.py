@@ -5,8 +5,9 @@ on a world's held-out sets with carp's suites. Suites (``SUITES``) are
 registered like methods: ``perplexity`` (rolling log-likelihood, lm-eval
 ``loglikelihood_rolling``; word perplexity, bits per byte), ``exact_match``
 (greedy answers per family), ``multiple_choice`` (acc / acc_norm from option
-log-likelihoods, lm-eval style) and ``unlearning`` (MUSE: VerbMem, KnowMem,
-Min-K% / Min-K%++ PrivLeak); a method's ``suites`` param picks which run.
+log-likelihoods, lm-eval style), ``lm_eval`` (lm-evaluation-harness tasks,
+optional extra) and ``unlearning`` (MUSE: VerbMem, KnowMem, Min-K% / Min-K%++
+PrivLeak); a method's ``suites`` param picks which run.
 Per-model results are cached in the stage's checkpoint folder, so an
 interrupted evaluation resumes.
 """
@@ -34,6 +35,7 @@ SUITES = Registry(
         "perplexity": "stages.evaluate.perplexity",
         "exact_match": "stages.evaluate.exact_match",
         "multiple_choice": "stages.evaluate.multiple_choice",
+        "lm_eval": "stages.evaluate.lm_eval",
         "unlearning": "stages.evaluate.unlearning",
     },
     entry="score",

@@ -63,6 +63,18 @@ class Params(KindParams):
         "item (the reference answer and others of its family).",
     )
 
+    lm_eval_tasks: tuple[str, ...] = Field(
+        (),
+        description="lm_eval suite: lm-evaluation-harness task names; default: "
+        "carp_world_ppl (rolling perplexity of the world's ppl.txt).",
+    )
+    lm_eval_include: str | None = Field(
+        None,
+        description="lm_eval suite: a local folder of lm-eval task YAML files "
+        "(its content is part of the per-model cache key).",
+        json_schema_extra={"carp_path": "dir"},  # checked by `carp validate`
+    )
+
     oracle: str | None = Field(
         None,
         description="unlearning suite: the model among `models` that never saw the "
@@ -123,8 +135,13 @@ def result_key(params: Params, model_fp: str, world_fp: str) -> str:
     # paired_test only changes the table, not a model's scores
     blob = params.model_dump_json(exclude={"models", "paired_test"})
     blob += f"|{model_fp}|{world_fp}|{code}"
-    if params.choices_file:  # its content, not only its name
-        blob += hashlib.sha256(Path(params.choices_file).read_bytes()).hexdigest()
+    for local in (params.choices_file, params.lm_eval_include):
+        if local:  # local inputs by content, not only by name
+            path = Path(local)
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            for f in (f for f in files if f.is_file()):
+                blob += f"|{f.relative_to(path) if f != path else ''}|"
+                blob += hashlib.sha256(f.read_bytes()).hexdigest()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,14 @@ from pipelines.cli import main
         ("recover", ["distill", "full", "lora"]),
         (
             "evaluate",
-            ["world", "exact_match", "multiple_choice", "perplexity", "unlearning"],
+            [
+                "world",
+                "exact_match",
+                "lm_eval",
+                "multiple_choice",
+                "perplexity",
+                "unlearning",
+            ],
         ),
     ],
 )

@@ -89,6 +89,7 @@ def test_registry_lists_the_suites_and_params_validate():
         "perplexity",
         "exact_match",
         "multiple_choice",
+        "lm_eval",
         "unlearning",
     }
     assert SUITES.describe("perplexity") and SUITES.describe("exact_match")

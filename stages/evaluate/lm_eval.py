@@ -1,0 +1,143 @@
+"""lm-evaluation-harness as a backend: its tasks on a model artifact (optional
+extra ``pip install carp[lm-eval]``; EleutherAI's ``lm-eval`` package).
+
+The model and tokenizer carp loaded are wrapped in lm-eval's ``HFLM`` (CPU,
+``max_length`` = the stage's ``max_len``, ``add_bos_token=False``: bos is
+context, not scored) and run with ``simple_evaluate``.
+``lm_eval_tasks`` names the tasks; ``lm_eval_include`` a local folder of task
+YAML files (with local JSON/JSONL data nothing is downloaded; on a machine with
+a hub the same suite runs standard tasks such as ``hellaswag``). Without
+``lm_eval_tasks`` the suite writes one task itself, ``carp_world_ppl``: a
+``loglikelihood_rolling`` task over the world's ``ppl.txt`` documents, so its
+``word_perplexity`` / ``bits_per_byte`` are directly comparable with carp's
+``perplexity`` suite. Every numeric result becomes ``lm_eval/<task>/<metric>``;
+lm-eval's own JSON output goes to ``lm_eval/<model>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.contract import RunContext
+from stages.common.io import write_jsonl
+
+WORLD_TASK = "carp_world_ppl"
+# a loglikelihood_rolling task on local JSONL ({"text": document} per line)
+WORLD_TASK_YAML = """\
+task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+  cache_dir: {cache}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+metadata:
+  version: 1.0
+"""
+
+
+def model_files(name: str) -> list[str]:
+    """Files :func:`score` writes for model ``name`` (relative to out_dir)."""
+    return [f"lm_eval/{name}.json"]
+
+
+def world_task(world_dir: Path, folder: Path) -> Path:
+    """Write the ``carp_world_ppl`` task (YAML + JSONL of ppl.txt's documents)
+    into ``folder``; returns the folder (an lm-eval ``include_path``)."""
+    from stages.evaluate.perplexity import documents
+
+    data = folder / "carp_world_ppl.jsonl"
+    write_jsonl([{"text": d} for d in documents(world_dir)], data)
+    yaml_text = WORLD_TASK_YAML.format(
+        task=WORLD_TASK,
+        data=json.dumps(str(data)),
+        cache=json.dumps(str(folder / "hf-datasets")),
+    )
+    (folder / f"{WORLD_TASK}.yaml").write_text(yaml_text)
+    return folder
+
+
+def flat_results(results: dict[str, Any]) -> dict[str, float]:
+    """``lm_eval/<task>/<metric>`` for every numeric result (lm-eval keys are
+    ``<metric>,<filter>``; the ``none`` filter is dropped, others kept)."""
+    out: dict[str, float] = {}
+    for task, res in results.get("results", {}).items():
+        for key, value in res.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            metric, _, filt = key.partition(",")
+            if metric.endswith("_stderr") or metric == "alias":
+                continue
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            out[f"lm_eval/{task}/{name}"] = float(value)
+    return out
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    world_dir: Path,
+    params: Any,
+    ctx: RunContext,
+    out_dir: Path | None = None,
+    name: str = "model",
+) -> dict[str, float]:
+    """Run the tasks with lm-eval; writes ``lm_eval/<name>.json`` when
+    ``out_dir`` is set."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError(
+            "suites: 'lm_eval' needs the lm-eval package; install the extra with "
+            "`pip install -e .[lm-eval]` (keeps torch as it is)"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="carp-lm-eval-") as tmp:
+        include = [world_task(world_dir, Path(tmp))] if not params.lm_eval_tasks else []
+        if params.lm_eval_include:
+            include.append(Path(params.lm_eval_include))
+        tasks = list(params.lm_eval_tasks) or [WORLD_TASK]
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=params.batch_size,
+            max_length=params.max_len,
+            device="cpu",
+            # bos is the rolling windows' context (prefix_token_id), never a
+            # scored token: lm-eval 0.4.13 otherwise keeps the tokenizer's own
+            # add-bos default and scores bos after bos
+            add_bos_token=False,
+        )
+        manager = TaskManager(include_path=[str(p) for p in include] or None)
+        res = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            limit=params.max_samples_per_family,
+            bootstrap_iters=0,
+            log_samples=False,
+            random_seed=ctx.seed,
+            numpy_random_seed=ctx.seed,
+            torch_random_seed=ctx.seed,
+            fewshot_random_seed=ctx.seed,
+        )
+    if res is None:  # only rank 0 returns results
+        return {}
+    flat = flat_results(res)
+    if out_dir is not None:
+        (out_dir / "lm_eval").mkdir(exist_ok=True)
+        keep = {k: res[k] for k in ("results", "versions", "n-shot") if k in res}
+        text = json.dumps(keep, indent=2, sort_keys=True, default=str)
+        (out_dir / "lm_eval" / f"{name}.json").write_text(text)
+    return flat
