@@ -35,7 +35,9 @@ def _metrics(proj):
 def test_dask_local_cluster_matches_serial_run(project):  # noqa: F811
     pytest.importorskip("prefect_dask")  # the `dask` extra
     proj, env = project
-    sh(["carp", "run", "params.yaml", "--max-parallel", "1", "--no-track"], proj, env)
+    env = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900"}
+    serial_run = ["carp", "run", "params.yaml", "--max-parallel", "1", "--no-track"]
+    sh(serial_run, proj, env, timeout=3000)
     serial, serial_metrics = fingerprints(proj), _metrics(proj)
     out = sh(
         [
@@ -51,6 +53,7 @@ def test_dask_local_cluster_matches_serial_run(project):  # noqa: F811
         ],
         proj,
         env,
+        timeout=3000,
     )
     assert "nodes on DaskTaskRunner" in out, out[-2000:]
     assert fingerprints(proj) == serial

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(360
 
 def test_push_then_pull_on_a_fresh_clone(project, tmp_path):  # noqa: F811
     proj, env = project
-    sh(["dvc", "repro"], proj, env)
+    sh(["dvc", "repro"], proj, env, timeout=3000)
     made = fingerprints(proj)
     remote = tmp_path / "remote"
     sh(["dvc", "remote", "add", "-d", "store", str(remote)], proj, env)
@@ -42,5 +42,5 @@ def test_push_then_pull_on_a_fresh_clone(project, tmp_path):  # noqa: F811
         ["dvc", "status"], cwd=clone, env=cenv, capture_output=True, text=True
     )
     assert "up to date" in status.stdout, status.stdout + status.stderr
-    again = sh(["dvc", "repro"], clone, cenv)
+    again = sh(["dvc", "repro"], clone, cenv, timeout=3000)
     assert "Running stage" not in again, again
