@@ -7,13 +7,15 @@ only), ``load+save`` (load the checkpoint and write it back with the stage's
 streaming writer, no pruning) and ``load+save_pretrained`` (the same with
 transformers' ``save_pretrained``, which also imports DeepSpeed). Ratios
 printed: peak RSS / model size in memory, peak RSS / load+save peak, and time
-/ load+save time. The issue's bar: Wanda/SparseGPT peak RSS on the large model
-< 1.5 x the model's own size.
+/ load+save time. The bar (issue 13): Wanda/SparseGPT peak RSS on the large model
+<= 1.3 x the model's own size, width taylor <= 2 x. Calibration: ``nsamples``
+windows of ``seqlen`` tokens (``--calib-format windows``, the heavier case).
 
     .venv/bin/python benchmarks/prune_cost.py [--sizes small medium large]
         [--methods wanda sparsegpt] [--threads 1] [--nsamples 16] [--seqlen 256]
+        [--calib-format windows|records]
 
-Writes benchmarks/results/prune_cost.md and .json.
+Writes benchmarks/results/prune_cost.md and .json (``--results`` names them).
 """
 
 from __future__ import annotations
@@ -106,7 +108,13 @@ def child(args: argparse.Namespace) -> None:
 
         cls = REG.load(args.child.split()[0]).Params
         kw = dict(METHODS)[args.child]
-        kw = dict(model="m", nsamples=args.nsamples, seqlen=args.seqlen, **kw)
+        kw = dict(
+            model="m",
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            calib_format=args.calib_format,
+            **kw,
+        )
         try:  # methods that read calibration data take it
             params = cls(calib="d", **kw)
         except ValidationError:  # magnitude, width with l1/l2 importance: refuse it
@@ -145,6 +153,8 @@ def measure(what: str, model: Path, data: Path, args: argparse.Namespace) -> dic
         str(args.nsamples),
         "--seqlen",
         str(args.seqlen),
+        "--calib-format",
+        args.calib_format,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
@@ -160,7 +170,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument(
+        "--calib-format",
+        default="windows",
+        choices=["windows", "records"],
+        help="windows (default): nsamples full windows of seqlen tokens, the "
+        "heavier case; records: one short record per sample",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks/results/cost")
+    ap.add_argument(
+        "--baselines",
+        nargs="+",
+        default=list(BASELINES),
+        choices=list(BASELINES),
+        help="baselines measured (load+save always: the ratios divide by it)",
+    )
+    ap.add_argument(
+        "--results",
+        default="prune_cost",
+        help="file stem of the .md/.json written to benchmarks/results/ (separate "
+        "names let runs go side by side, each with its own --work)",
+    )
     ap.add_argument("--child")
     ap.add_argument("--model")
     ap.add_argument("--data")
@@ -173,12 +203,13 @@ def main() -> None:
     for size in args.sizes:
         model, data, n = make_inputs(args.work, size)
         mb = n * 4 / 2**20
-        base = {w: measure(w, model, data, args) for w in BASELINES}
+        wanted = dict.fromkeys(["load+save", *args.baselines])
+        base = {w: measure(w, model, data, args) for w in wanted}
         print(
             f"{size}: {n / 1e6:.0f}M params, {mb:.0f} MiB fp32; baselines {base}",
             flush=True,
         )
-        for what in [*BASELINES, *args.methods]:
+        for what in [*[b for b in BASELINES if b in base], *args.methods]:
             r = base.get(what) or measure(what, model, data, args)
             row = {
                 "size": size,
@@ -208,13 +239,14 @@ def main() -> None:
     print(table)
     head = (
         f"`{' '.join(['python', *sys.argv])}` ({time.strftime('%Y-%m-%d %H:%M')}, "
-        f"{args.threads} thread(s), nsamples {args.nsamples}, seqlen {args.seqlen}; "
+        f"{args.threads} thread(s), nsamples {args.nsamples}, seqlen {args.seqlen}, "
+        f"calibration {args.calib_format}; "
         "peak RSS = VmHWM of the measured process)\n\n"
     )
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "prune_cost.md").write_text(head + table + "\n")
-    (results / "prune_cost.json").write_text(json.dumps(rows, indent=1))
+    (results / f"{args.results}.md").write_text(head + table + "\n")
+    (results / f"{args.results}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

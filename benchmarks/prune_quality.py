@@ -6,8 +6,9 @@ Builds the world and the base model through their stages' ``run`` (a few CPU
 minutes) unless ``--world``/``--base`` point at existing artifact folders, which
 are copied into the work folder first (never modified). Pruned models are
 cached under a folder named by the base checkpoint's hash, so a new base never
-reuses models pruned from an old one. Calibration: ``nsamples`` windows of the
-world's pool (its ``data.jsonl``), as the prune stage's ``calib: world``.
+reuses models pruned from an old one. Calibration: ``nsamples`` records (the
+stage's default ``calib_format``) of the world's pool (its ``data.jsonl``), as
+the prune stage's ``calib: world``.
 
     .venv/bin/python benchmarks/prune_quality.py \
         [--world benchmarks/results/assets/world] \
@@ -243,7 +244,7 @@ def main() -> None:
     res = ROOT / "benchmarks/results"
     head = (
         f"`{' '.join(['python', *sys.argv])}` ({time.strftime('%Y-%m-%d %H:%M')}; "
-        f"base {base.name}, calibration: {args.nsamples} windows of the world pool)"
+        f"base {base.name}, calibration: {args.nsamples} records of the world pool)"
         "\n\n"
     )
     (res / "prune_quality.md").write_text(head + text + "\n")

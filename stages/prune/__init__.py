@@ -53,12 +53,23 @@ class Params(StageParams):
         default_factory=lambda: ["lm_head", "*embed_tokens*"],
         description="fnmatch patterns of module names never pruned.",
     )
-    nsamples: int = Field(128, ge=1, description="Calibration sequences.")
+    nsamples: int = Field(
+        128, ge=1, description="Calibration samples (records, or windows)."
+    )
+    calib_format: Literal["records", "windows"] = Field(
+        "records",
+        description="'records': each sample is one record rendered with the shared "
+        "template from BOS, as the model was trained; 'windows': records packed "
+        "into windows of `seqlen` tokens (the C4 recipe of Wanda/SparseGPT, for "
+        "corpora of long documents).",
+    )
     seqlen: int | None = Field(
         None,
         ge=2,
-        description="Tokens per calibration sequence; default "
-        "min(2048, the model's max_position_embeddings).",
+        description="Tokens per window ('windows'; default min(2048, the model's "
+        "context)) or at most per record ('records'; default the model's "
+        "context: max_position_embeddings, or the tokenizer's model_max_length "
+        "when smaller).",
     )
     batch_size: int = Field(
         8, ge=1, description="Calibration sequences per forward pass of a block."
@@ -104,6 +115,47 @@ class Params(StageParams):
     def target_sparsity(self) -> float:
         nm = self.nm
         return 1 - nm[0] / nm[1] if nm else self.sparsity
+
+
+class MaskParams(Params):
+    """Base for the mask methods (magnitude, wanda, sparsegpt): how the target
+    sparsity is spread over decoder blocks."""
+
+    profile: Literal["uniform", "owl"] = Field(
+        "uniform",
+        description="'uniform': every block at `sparsity`; 'owl': per-block "
+        "sparsity from its outlier ratio (Yin et al. 2024), the same global "
+        "sparsity (reads calibration data, also for magnitude).",
+    )
+    owl_m: float = Field(
+        5.0,
+        gt=0,
+        description="OWL: a score |W|*||X|| is an outlier above owl_m x its "
+        "block's mean (the paper's M, 5).",
+    )
+    owl_lambda: float = Field(
+        0.08,
+        gt=0,
+        description="OWL: block sparsities range over sparsity +- owl_lambda "
+        "(the paper's lambda, 0.08).",
+    )
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> MaskParams:
+        if self.profile != "owl":
+            return self
+        if self.nm:
+            raise ValueError(
+                f"profile: owl spreads unstructured sparsity over blocks; pattern "
+                f"{self.pattern} fixes it per group, so use profile 'uniform'"
+            )
+        s = self.target_sparsity
+        if not self.owl_lambda < min(s, 1 - s):
+            raise ValueError(
+                f"owl_lambda: {self.owl_lambda:g} would push a block's sparsity "
+                f"outside (0, 1) around {s:g}; use owl_lambda < {min(s, 1 - s):g}"
+            )
+        return self
 
 
 class CalibratedParams(Params):
@@ -157,5 +209,11 @@ KIND = Kind(
     run=run,
     provides=frozenset({"model"}),
     default_method=DEFAULT_METHOD,
-    notes=(f"pattern: {NM_CONVENTION}.",),
+    notes=(
+        f"pattern: {NM_CONVENTION}.",
+        "scope (magnitude, wanda): the comparison group, 'row' (each output row) "
+        "or 'layer' (each matrix); defaults follow each paper: magnitude 'layer' "
+        "(Han et al. 2015, Zhu & Gupta 2017), wanda 'row' (Sun et al. 2023); "
+        "compare the two at equal scope.",
+    ),
 )

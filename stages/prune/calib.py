@@ -1,8 +1,18 @@
 """Calibration token sequences from a dataset artifact, with a fingerprint.
 
-Records are formatted with the project's one template (stages/common/text.py),
-shuffled by seed, concatenated and cut into ``nsamples`` windows of ``seqlen``
-tokens, as Wanda/SparseGPT cut C4 documents into 2048-token windows.
+Two formats (``calib_format``):
+
+* ``records`` (default): each sample is one record rendered with the project's
+  one template (stages/common/text.py) from BOS, as the model saw its training
+  examples, at most ``seqlen`` tokens (default: the model's context, read from
+  its config). Samples are right-padded to the longest; ``valid`` marks the real
+  tokens, and only those feed the statistics (causal attention: a real token
+  never sees the padding after it).
+* ``windows``: records concatenated and cut into ``nsamples`` windows of
+  ``seqlen`` tokens, as Wanda/SparseGPT cut C4 documents into 2048-token
+  windows (for corpora of long documents).
+
+Records are shuffled by seed either way.
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ import json
 import random
 from pathlib import Path
 from typing import Any
+
+FORMATS = ("records", "windows")
 
 
 def token_windows(
@@ -32,32 +44,57 @@ def token_windows(
     return [flat[s : s + seqlen] for s in starts]
 
 
+def pad_records(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(ids, valid): right-padded (n, longest) LongTensor and its bool mask of
+    real tokens."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        valid[i, : len(s)] = True
+    return ids, valid
+
+
 class Calibration:
-    """Lazily built calibration ids (``ids()``), so methods that need none
-    (magnitude, width l1/l2) never read or tokenize anything."""
+    """Lazily built calibration samples (``samples()``), so methods that need
+    none (magnitude, width l1/l2) never read or tokenize anything."""
 
     def __init__(
-        self, folder: Path | None, tokenizer: Any, nsamples: int, seqlen: int, seed: int
+        self,
+        folder: Path | None,
+        tokenizer: Any,
+        nsamples: int,
+        seqlen: int,
+        seed: int,
+        fmt: str = "records",
     ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"calib_format: '{fmt}' is not one of {FORMATS}")
         self.folder = folder
         self.tokenizer = tokenizer
         self.nsamples = nsamples
         self.seqlen = seqlen
         self.seed = seed
-        self._ids: Any = None
+        self.fmt = fmt
+        self._samples: Any = None
         self.fingerprint: dict[str, Any] | None = None
 
-    def ids(self, method: str) -> Any:
-        """(nsamples, seqlen) LongTensor; raises naming ``calib`` when absent."""
-        if self._ids is None:
-            self._ids = self._build(method)
-        return self._ids
+    def samples(self, method: str) -> tuple[Any, Any]:
+        """(ids, valid): (nsamples, T) LongTensor and bool mask of real tokens
+        (all True for windows); raises naming ``calib`` when absent."""
+        if self._samples is None:
+            self._samples = self._build(method)
+        return self._samples
 
-    def _build(self, method: str) -> Any:
-        import torch
+    def release(self) -> None:
+        """Drop the samples (the fingerprint stays)."""
+        self._samples = None
 
-        from stages.common.io import DATA_FILE, DATASET_META, read_dataset
-        from stages.common.text import encode_example
+    def _records(self, method: str) -> list[dict[str, Any]]:
+        from stages.common.io import read_dataset
 
         if self.folder is None:
             raise ValueError(
@@ -70,30 +107,58 @@ class Calibration:
                 "tokenizer, but the model folder has none"
             )
         records = read_dataset(self.folder)
-        order = list(range(len(records)))
-        random.Random(self.seed).shuffle(order)
-        need, have, streams = self.nsamples * self.seqlen, 0, []
-        for i in order:
-            ids, _ = encode_example(self.tokenizer, records[i], max_len=self.seqlen)
-            streams.append(ids)
-            have += len(ids)
-            if have >= need:
-                break
-        windows = token_windows(streams, self.nsamples, self.seqlen, self.seed)
-        ids_t = torch.tensor(windows, dtype=torch.long)
-        meta_file = Path(self.folder) / DATASET_META
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        data_sha = (
-            meta.get("sha256")
-            or hashlib.sha256((Path(self.folder) / DATA_FILE).read_bytes()).hexdigest()
-        )
+        if not records:
+            raise ValueError(f"calib: {self.folder}/data.jsonl has no records")
+        random.Random(self.seed).shuffle(records)
+        return records
+
+    def _build(self, method: str) -> tuple[Any, Any]:
+        import torch
+
+        from stages.common.text import encode_example
+
+        records = self._records(method)
+        tok = self.tokenizer
+        if self.fmt == "records":
+            seqs = [
+                encode_example(tok, r, max_len=self.seqlen)[0]
+                for r in records[: self.nsamples]
+            ]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            ids, valid = pad_records(seqs, pad)
+            used = len(seqs)
+        else:
+            need, have, streams = self.nsamples * self.seqlen, 0, []
+            for r in records:
+                streams.append(encode_example(tok, r, max_len=self.seqlen)[0])
+                have += len(streams[-1])
+                if have >= need:
+                    break
+            windows = token_windows(streams, self.nsamples, self.seqlen, self.seed)
+            ids = torch.tensor(windows, dtype=torch.long)
+            valid = torch.ones_like(ids, dtype=torch.bool)
+            used = len(streams)
         self.fingerprint = {
             "dataset": Path(self.folder).name,
-            "dataset_sha256": data_sha,
-            "records_used": len(streams),
+            "dataset_sha256": _data_sha(Path(self.folder)),
+            "format": self.fmt,
+            "records_used": used,
+            "samples": len(ids),
+            "tokens": int(valid.sum()),
             "nsamples": self.nsamples,
             "seqlen": self.seqlen,
             "seed": self.seed,
-            "tokens_sha256": hashlib.sha256(ids_t.numpy().tobytes()).hexdigest(),
+            "tokens_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
         }
-        return ids_t
+        return ids, valid
+
+
+def _data_sha(folder: Path) -> str:
+    from stages.common.io import DATA_FILE, DATASET_META
+
+    meta_file = folder / DATASET_META
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return (
+        meta.get("sha256")
+        or hashlib.sha256((folder / DATA_FILE).read_bytes()).hexdigest()
+    )

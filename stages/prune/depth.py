@@ -72,13 +72,15 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
             f"blocks: removing {n} of {n_layers} blocks leaves none; "
             f"use at most {n_layers - 1} (or a lower sparsity)"
         )
-    runner = BlockRunner(
-        model, calib.ids("depth"), resolve_device(params.device), params.batch_size
-    )
+    ids, valid = calib.samples("depth")
+    dev = resolve_device(params.device)
+    runner = BlockRunner(model, ids, dev, params.batch_size, valid)
     scores = []
+    every = slice(0, len(ids))
     for i in ctx.progress(range(n_layers), desc="depth block influence"):
         outs = runner.forward(runner.load(i))
-        scores.append(block_influence(runner.inps, outs))
+        x_in, x_out = runner.tokens(runner.inps, every), runner.tokens(outs, every)
+        scores.append(block_influence(x_in, x_out))
         runner.advance(i, outs)
     del runner
     drop = blocks_to_remove(scores, n)

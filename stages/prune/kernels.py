@@ -3,6 +3,12 @@
 A mask is a bool tensor the shape of the weight: True = weight kept. Every
 kernel prunes an exact count (``floor(sparsity * n)`` entries of each group) so
 tests can assert exact zero fractions; ties are broken by ``torch.topk`` order.
+
+Re-pruning a sparse model: :func:`zeros_first` ranks the weight's existing
+zeros below every score, so a group's count of ``floor(s * n)`` includes them
+(a 50%-sparse layer pruned to 60% loses 10 more points), and the caller ANDs
+the result with the old keep-mask (a group that already holds more zeros than
+its count keeps them all).
 """
 
 from __future__ import annotations
@@ -15,6 +21,15 @@ import torch
 def n_pruned(n: int, sparsity: float) -> int:
     """Entries to prune out of ``n`` at ``sparsity`` (floor, as Wanda/SparseGPT do)."""
     return int(n * sparsity)
+
+
+def zeros_first(
+    scores: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores with ``weight``'s zeros set to -inf, the old keep-mask
+    ``weight != 0``): a mask drawn from the scores prunes old zeros first."""
+    old = weight != 0
+    return scores.masked_fill(~old, float("-inf")), old
 
 
 def keep_mask_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

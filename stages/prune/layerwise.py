@@ -3,6 +3,8 @@ let a method measure/prune it, then feed the (pruned) block's outputs to block
 i+1 (the sequential scheme of SparseGPT, Frantar & Alistarh 2023, and Wanda,
 Sun et al. 2023). Peak memory is one block on ``device`` plus two activation
 tensors of shape (nsamples, seqlen, hidden); the model stays on CPU.
+Right-padded samples (calibration records) carry a ``valid`` mask: only real
+tokens feed the statistics.
 """
 
 from __future__ import annotations
@@ -33,16 +35,33 @@ def _to(obj: Any, device: Any) -> Any:
 
 
 class BlockRunner:
-    """Holds the calibration activations entering the current block."""
+    """Holds the calibration activations entering the current block.
 
-    def __init__(self, model: Any, ids: Any, device: Any, batch_size: int) -> None:
+    ``valid`` (n, T) bool marks real tokens of right-padded samples (None: all
+    real); :meth:`tokens` keeps those of a batch's activations.
+    """
+
+    def __init__(
+        self, model: Any, ids: Any, device: Any, batch_size: int, valid: Any = None
+    ) -> None:
         import torch
 
         self.model = model
         self.layers = decoder_layers(model)
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.valid = None if valid is None or bool(valid.all()) else valid
+        if self.valid is not None:
+            self.valid = self.valid.to(self.device)
+        self._rows = slice(0, len(ids))  # the batch being forwarded
         self.inps, self.kwargs = self._capture(ids)
+
+    def tokens(self, x: Any, rows: slice | None = None) -> Any:
+        """(tokens, features) of activations ``x`` (B, T, F) of ``rows`` (default:
+        the batch being forwarded), without padding."""
+        if self.valid is None:
+            return x.reshape(-1, x.shape[-1])
+        return x[self.valid[rows or self._rows]]
 
     def _capture(self, ids: Any) -> tuple[Any, dict[str, Any]]:
         """Inputs of block 0 for every sequence, and the kwargs the decoder
@@ -92,8 +111,9 @@ class BlockRunner:
         outs = torch.empty_like(self.inps)
         with torch.no_grad():
             for s in range(0, len(self.inps), self.batch_size):
-                x = self.inps[s : s + self.batch_size]
-                outs[s : s + self.batch_size] = _first(block(x, **self.kwargs))
+                self._rows = slice(s, s + self.batch_size)
+                x = self.inps[self._rows]
+                outs[self._rows] = _first(block(x, **self.kwargs))
         return outs
 
     def collect(
@@ -105,7 +125,7 @@ class BlockRunner:
         accs = {name: make(mod) for name, mod in modules.items()}
         handles = [
             mod.register_forward_hook(
-                lambda _m, inp, _out, a=accs[name]: a.add(inp[0].detach())
+                lambda _m, inp, _out, a=accs[name]: a.add(self.tokens(inp[0].detach()))
             )
             for name, mod in modules.items()
         ]
@@ -146,24 +166,28 @@ def resolve_device(device: str) -> Any:
 def prune_blockwise(
     model: Any,
     groups: list[dict[str, Any]],
-    ids: Any,
+    samples: tuple[Any, Any],
     params: Any,
     ctx: Any,
     make: Callable[[Any], Any],
-    prune: Callable[[Any, Any], Any],
+    prune: Callable[[Any, Any, float], Any],
     desc: str,
+    sparsities: list[float],
 ) -> dict[str, Any]:
     """Calibrate and prune each block's selected linears in turn.
 
     ``make(linear)`` builds an input-statistics accumulator; ``prune(weight,
-    acc)`` returns ``(new_weight, keep_mask)``. Returns bit-packed keep-masks by
-    module name.
+    acc, sparsity)`` returns ``(new_weight, keep_mask)``, ``sparsity`` being
+    ``sparsities[i]`` for block i (the profile's). ``samples`` is (ids, valid)
+    from the calibration. Returns bit-packed keep-masks by module name.
     """
     import torch
 
     from stages.common.maskio import pack
 
-    runner = BlockRunner(model, ids, resolve_device(params.device), params.batch_size)
+    ids, valid = samples
+    dev = resolve_device(params.device)
+    runner = BlockRunner(model, ids, dev, params.batch_size, valid)
     masks: dict[str, Any] = {}
     for i in ctx.progress(range(len(runner.layers)), desc=desc):
         block = runner.load(i)
@@ -171,7 +195,7 @@ def prune_blockwise(
             accs = runner.collect(block, groups[i], make)
             with torch.no_grad():
                 for name, lin in groups[i].items():
-                    w, keep = prune(lin.weight.data, accs.pop(name))
+                    w, keep = prune(lin.weight.data, accs.pop(name), sparsities[i])
                     lin.weight.data.copy_(w.to(lin.weight.dtype))
                     masks[name] = pack(keep)
         runner.advance(i, runner.forward(block))

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from stages.prune import CalibratedParams
+from stages.prune import CalibratedParams, MaskParams
 from stages.prune.targets import Pruned, linears_by_block
 
 
-class Params(CalibratedParams):
+class Params(MaskParams, CalibratedParams):
     method: Literal["sparsegpt"] = "sparsegpt"
     blocksize: int = Field(
         128, ge=1, description="Columns pruned together (lazy batch updates)."
@@ -91,13 +91,17 @@ def sparsegpt_prune(
     entries with the lowest OBS saliency w^2 / [H^-1]_jj^2 are pruned. N:M:
     the N highest-saliency of every M columns are kept, chosen when reached.
     Pruning a column spreads its error over the not-yet-pruned columns.
-    ``overwrite_hessian`` lets it use ``hessian``'s memory instead of a copy.
+    The weight's existing zeros are pruned first and count towards the target
+    (their saliency is set to -inf: the updates from earlier columns would
+    otherwise revive them). ``overwrite_hessian`` lets it use ``hessian``'s
+    memory instead of a copy.
     """
     import torch
 
     from stages.prune.kernels import keep_mask_layer, keep_mask_nm
 
     w = weight.detach().clone().float()
+    old = w != 0  # the input's keep-mask (re-pruning a sparse model)
     h = hessian if overwrite_hessian else hessian.clone()
     dead = torch.diag(h) == 0  # inputs never active: their weights do nothing
     h[dead, dead] = 1
@@ -113,15 +117,17 @@ def sparsegpt_prune(
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         d = torch.diag(hinv1)
-        keep1 = (
-            torch.ones_like(w1, dtype=torch.bool)
-            if nm
-            else keep_mask_layer(w1**2 / d[None, :] ** 2, sparsity)
-        )
+        old1 = old[:, i1:i2]
+        keep1 = old1.clone()
+        if not nm:
+            sal = (w1**2 / d[None, :] ** 2).masked_fill_(~old1, float("-inf"))
+            keep1 &= keep_mask_layer(sal, sparsity)
         for i in range(i2 - i1):
             if nm and i % nm[1] == 0:
-                sal = w1[:, i : i + nm[1]] ** 2 / d[None, i : i + nm[1]] ** 2
-                keep1[:, i : i + nm[1]] = keep_mask_nm(sal, *nm)
+                j = slice(i, i + nm[1])
+                sal = w1[:, j] ** 2 / d[None, j] ** 2
+                sal.masked_fill_(~old1[:, j], float("-inf"))
+                keep1[:, j] &= keep_mask_nm(sal, *nm)
             col = w1[:, i]
             q = col * keep1[:, i]
             e = (col - q) / hinv1[i, i]
@@ -135,28 +141,24 @@ def sparsegpt_prune(
 
 
 def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
-    """Prune the selected linears block by block with reconstruction."""
+    """Prune the selected linears block by block with reconstruction, each
+    block at its profile's sparsity."""
     from stages.prune.layerwise import prune_blockwise
+    from stages.prune.owl import block_sparsities
 
     groups = linears_by_block(model, params.include, params.exclude, "sparsegpt")
-    sparsity, nm = params.target_sparsity, params.nm
+    nm = params.nm
+    sparsities, profile = block_sparsities(model, groups, calib, params, "sparsegpt")
 
-    def prune(w: Any, acc: Hessian) -> tuple[Any, Any]:
+    def prune(w: Any, acc: Hessian, sparsity: float) -> tuple[Any, Any]:
+        h = acc.value()
         return sparsegpt_prune(
-            w,
-            acc.value(),
-            sparsity,
-            nm,
-            params.blocksize,
-            params.percdamp,
-            overwrite_hessian=True,
+            w, h, sparsity, nm, params.blocksize, params.percdamp, True
         )
 
-    ids = calib.ids("sparsegpt")
+    samples = calib.samples("sparsegpt")
     masks = prune_blockwise(
-        model, groups, ids, params, ctx, Hessian, prune, "sparsegpt blocks"
+        model, groups, samples, params, ctx, Hessian, prune, "sparsegpt", sparsities
     )
-    return Pruned(
-        masks=masks,
-        manifest={"blocksize": params.blocksize, "percdamp": params.percdamp},
-    )
+    manifest = {"blocksize": params.blocksize, "percdamp": params.percdamp}
+    return Pruned(masks=masks, manifest={**manifest, **profile})

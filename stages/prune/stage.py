@@ -14,22 +14,41 @@ from stages.prune.checkpoint import save_checkpoint
 from stages.prune.targets import Pruned
 
 
-def sparsity_metrics(
-    model: Any, names: list[str]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Zero fraction of the pruned weights: global, per decoder block (metrics)
-    and per module (manifest)."""
+def zero_counts(model: Any, names: list[str] | None = None) -> dict[str, tuple]:
+    """(zeros, numel) of the weight of each named module (default: every
+    ``nn.Linear``)."""
     import torch
 
-    from stages.common.sparsity import sparsity_summary
-
     mods = dict(model.named_modules())
+    if names is None:
+        names = [n for n, m in mods.items() if isinstance(m, torch.nn.Linear)]
     counts = {}
     for name in names:
         w = mods[name].weight
         # count_nonzero: ``(w != 0).sum()`` would widen a bool copy to int64
         counts[name] = (w.numel() - int(torch.count_nonzero(w)), w.numel())
-    return sparsity_summary(counts)
+    return counts
+
+
+def sparsity_metrics(
+    model: Any, names: list[str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Zero fraction of the pruned weights: global, per decoder block (metrics)
+    and per module (manifest)."""
+    from stages.common.sparsity import sparsity_summary
+
+    return sparsity_summary(zero_counts(model, names))
+
+
+def model_context(config: Any, tokenizer: Any) -> int:
+    """The longest input the model was trained for: ``max_position_embeddings``,
+    or the tokenizer's ``model_max_length`` when that is smaller (HF sets it to
+    a huge sentinel when unknown)."""
+    ctx = getattr(config, "max_position_embeddings", None) or 2048
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 1 < tok_max < ctx:
+        ctx = tok_max
+    return int(ctx)
 
 
 def _tokenizer(model_dir: Path, calib_dir: Path | None) -> Any:
@@ -61,25 +80,32 @@ def execute(
     model.eval()
     calib_dir = Path(inputs["calib"]) if inputs.get("calib") else None
     tok = _tokenizer(model_dir, calib_dir)
-    max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
+    context = model_context(model.config, tok)
     calib = Calibration(
         calib_dir,
         tok,
         params.nsamples,
-        params.seqlen or min(2048, max_pos),
+        params.seqlen
+        or (context if params.calib_format == "records" else min(2048, context)),
         seed,
+        params.calib_format,
     )
     before = sum(p.numel() for p in model.parameters())
+    zeros_before = zero_counts(model)  # an already sparse input keeps its zeros
 
     result: Pruned = method.apply(model, params, calib, ctx)
 
     after = sum(p.numel() for p in model.parameters())
     # count_nonzero: ``(p != 0).sum()`` would widen a bool copy to int64 (8x p)
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    save_checkpoint(model, tok, out_dir)
-    masks = {f"{k}.weight": v for k, v in result.masks.items()}
-    if masks:
-        write_masks(masks, out_dir / io.MASKS_FILE)
+    pruned = list(result.masks)
+    has_masks = bool(pruned)
+    if has_masks:  # written and freed before the model is saved: the save
+        # faults in every page of the model, the peak of the whole stage
+        write_masks(
+            {f"{k}.weight": v for k, v in result.masks.items()}, out_dir / io.MASKS_FILE
+        )
+        result.masks.clear()
     metrics: dict[str, float] = {
         "params_before": float(before),
         "params_after": float(after),
@@ -88,9 +114,13 @@ def execute(
     }
     per_module: dict[str, float] = {}
     if not result.structured:
-        sp, per_module = sparsity_metrics(model, list(result.masks))
+        sp, per_module = sparsity_metrics(model, pruned)
         metrics.update(sp)
+        z, n = (sum(zeros_before[k][i] for k in pruned) for i in (0, 1))
+        metrics["sparsity_before"] = z / n
     metrics.update(result.metrics)
+    calib.release()
+    save_checkpoint(model, tok, out_dir)
     metrics["time_s"] = time.perf_counter() - t0
     metrics["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available():
@@ -99,7 +129,7 @@ def execute(
         "method": params.method,
         "pattern": params.pattern,
         "nm": list(params.nm) if params.nm else None,
-        "masks_file": io.MASKS_FILE if masks else None,
+        "masks_file": io.MASKS_FILE if has_masks else None,
         "calibration": calib.fingerprint,
         "sparsity_per_module": per_module,
         **result.manifest,

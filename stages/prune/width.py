@@ -150,28 +150,11 @@ def _slice(lin: Any, idx: Any, dim: int) -> Any:
     return new
 
 
-def _taylor_grads(model: Any, ids: Any, batch_size: int, device: Any, ctx: Any) -> dict:
-    """Gradients (on CPU) of the mean LM loss over the calibration sequences,
-    computed with the whole model on ``device``."""
-    import torch
-
-    model.to(device)
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        for s in ctx.progress(range(0, len(ids), batch_size), desc="taylor grads"):
-            b = ids[s : s + batch_size].to(device)
-            loss = model(b, labels=b, use_cache=False).loss
-            (loss * len(b) / len(ids)).backward()
-    grads = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    model.to("cpu")
-    return grads
-
-
 def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
     """Shrink every block by the same number of head groups and channels (the
     HF config holds one size for all blocks), keeping the most important."""
+    import torch
+
     cfg = model.config
     n_kv, n_heads = cfg.num_key_value_heads, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
@@ -187,24 +170,39 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
         params.mlp_ratio,
     )
     from stages.prune.layerwise import resolve_device
+    from stages.prune.taylor import blockwise_grads
 
-    grads: dict = {}
-    if params.importance == "taylor":
-        ids = calib.ids("width (taylor)")
-        dev = resolve_device(params.device)
-        grads = _taylor_grads(model, ids, params.batch_size, dev, ctx)
-    names = {id(m): n for n, m in model.named_modules()}
-    removed_heads = {}
-    for i, layer in enumerate(ctx.progress(decoder_layers(model), desc="width")):
+    layers = decoder_layers(model)
+    imps: list[Any] = [None] * len(layers)
+
+    def score(i: int, layer: Any) -> None:
+        """Group importances of block i (taylor: while its gradients exist)."""
         att, mlp = layer.self_attn, layer.mlp
 
         def sc(lin: Any) -> Any:
-            g = grads.get(f"{names[id(lin)]}.weight")
-            return element_scores(lin.weight.data, g, params.importance)
+            return element_scores(lin.weight.data, lin.weight.grad, params.importance)
 
-        a_imp = attention_group_importance(
-            sc(att.q_proj), sc(att.k_proj), sc(att.v_proj), sc(att.o_proj), n_kv
-        )
+        with torch.no_grad():
+            imps[i] = (
+                attention_group_importance(
+                    sc(att.q_proj), sc(att.k_proj), sc(att.v_proj), sc(att.o_proj), n_kv
+                ).cpu(),
+                mlp_channel_importance(
+                    sc(mlp.gate_proj), sc(mlp.up_proj), sc(mlp.down_proj)
+                ).cpu(),
+            )
+
+    if params.importance == "taylor":
+        samples = calib.samples("width (taylor)")
+        dev = resolve_device(params.device)
+        blockwise_grads(model, samples, params.batch_size, dev, score, ctx.progress)
+    else:
+        for i, layer in enumerate(layers):
+            score(i, layer)
+    removed_heads = {}
+    for i, layer in enumerate(ctx.progress(layers, desc="width")):
+        att, mlp = layer.self_attn, layer.mlp
+        a_imp, ch_imp = imps[i]
         kv = keep_top(a_imp, keep_kv)
         q_rows = unit_rows(kv, hd * n_heads // n_kv)
         kv_rows = unit_rows(kv, hd)
@@ -212,12 +210,7 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
         att.k_proj = _slice(att.k_proj, kv_rows, 0)
         att.v_proj = _slice(att.v_proj, kv_rows, 0)
         att.o_proj = _slice(att.o_proj, q_rows, 1)
-        ch = keep_top(
-            mlp_channel_importance(
-                sc(mlp.gate_proj), sc(mlp.up_proj), sc(mlp.down_proj)
-            ),
-            keep_ch,
-        )
+        ch = keep_top(ch_imp, keep_ch)
         mlp.gate_proj = _slice(mlp.gate_proj, ch, 0)
         mlp.up_proj = _slice(mlp.up_proj, ch, 0)
         mlp.down_proj = _slice(mlp.down_proj, ch, 1)

@@ -42,6 +42,13 @@ def test_wanda_mask_equals_brute_force():
         score = [abs(float(w[r, j])) * float(x[:, j].norm()) for j in range(12)]
         pruned = sorted(range(12), key=lambda j: score[j])[:6]
         assert [j for j in range(12) if not got[r, j]] == sorted(pruned)
+    got_layer = wanda_mask(w, acc.sq, 0.5, None, scope="layer")
+    score = (w.abs() * x.norm(dim=0)[None, :]).reshape(-1).tolist()
+    pruned = sorted(range(72), key=lambda j: score[j])[:36]  # one group: the matrix
+    assert sorted((~got_layer).reshape(-1).nonzero().squeeze(1).tolist()) == sorted(
+        pruned
+    )
+    assert int((~got_layer).sum(1).max()) > 6  # rows are not equalised
     got_nm = wanda_mask(w, acc.sq, 0.5, (2, 4))
     for r in range(6):
         for b in range(0, 12, 4):
@@ -116,10 +123,12 @@ def test_wanda_stage_matches_reference_block_by_block(
     from stages.common.io import load_masks, load_model, load_tokenizer
     from stages.prune.calib import Calibration
 
-    res, out = _stage("wanda", tiny_model_dir, calib_dir, tmp_path)
+    res, out = _stage(
+        "wanda", tiny_model_dir, calib_dir, tmp_path, calib_format="windows"
+    )
     masks = load_masks(out)
-    cal = Calibration(calib_dir, load_tokenizer(tiny_model_dir), 8, 32, 0)
-    ids = cal.ids("test")
+    cal = Calibration(calib_dir, load_tokenizer(tiny_model_dir), 8, 32, 0, "windows")
+    ids, _ = cal.samples("test")
     assert (
         res.extra_manifest["calibration"]["tokens_sha256"]
         == cal.fingerprint["tokens_sha256"]
@@ -143,6 +152,38 @@ def test_wanda_stage_matches_reference_block_by_block(
         base_w = dict(base.named_parameters())[name].data
         assert torch.equal(wt[keep], base_w[keep])  # Wanda does no weight update
     assert res.metrics["sparsity"] == pytest.approx(0.5)
+
+
+def test_records_calibration_from_bos_padding_ignored(tiny_model_dir, calib_dir):
+    """Records: one per sample, from BOS, capped at seqlen; statistics gathered
+    over the padded batch equal those of each record run on its own."""
+    from stages.common.io import load_model, load_tokenizer, read_dataset
+    from stages.common.text import encode_example
+    from stages.prune.calib import Calibration
+    from stages.prune.layerwise import BlockRunner
+
+    tok = load_tokenizer(tiny_model_dir)
+    cal = Calibration(calib_dir, tok, 6, 100, 0)
+    ids, valid = cal.samples("test")
+    lengths = valid.sum(1)
+    assert ids.shape[0] == 6 and torch.all(ids[:, 0] == tok.bos_token_id)
+    assert int(lengths.max()) <= 100 and int(lengths.min()) < ids.shape[1]  # padded
+    encoded = {tuple(encode_example(tok, r, 100)[0]) for r in read_dataset(calib_dir)}
+    assert all(tuple(ids[i, : lengths[i]].tolist()) in encoded for i in range(6))
+    assert cal.fingerprint["format"] == "records"
+    assert cal.fingerprint["tokens"] == int(lengths.sum())
+
+    model = load_model(tiny_model_dir)
+    name = "model.layers.1.mlp.down_proj"
+    runner = BlockRunner(model, ids, "cpu", 4, valid)
+    runner.advance(0, runner.forward(runner.load(0)))
+    lin = dict(model.named_modules())[name]
+    got = runner.collect(runner.load(1), {name: lin}, InputNorms)[name].sq
+    ref = sum(
+        _linear_inputs(model, ids[i, : lengths[i]][None], [name])[name].pow(2).sum(0)
+        for i in range(6)
+    )
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
@@ -171,6 +212,16 @@ def test_sparsegpt_stage_updates_kept_weights(tiny_model_dir, calib_dir, tmp_pat
         assert not torch.allclose(pruned[name].data[keep], base[name].data[keep])
     assert res.metrics["sparsity"] == pytest.approx(0.5)
     assert res.extra_manifest["calibration"]["nsamples"] == 8
+
+
+def test_wanda_scope_validation():
+    from pydantic import ValidationError
+
+    from stages.prune.wanda import Params
+
+    assert Params(model="m", calib="w").scope == "row"  # the paper's group
+    with pytest.raises(ValidationError, match="scope"):
+        Params(model="m", calib="w", pattern="2:4", scope="layer")
 
 
 def test_missing_calibration_is_a_clear_error():
