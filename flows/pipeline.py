@@ -145,11 +145,15 @@ def submit_all(
     routing: tuple[dict[str, str], str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], FlowReport]:
     """Submit every node to ``runner`` after its upstream futures; collect the
-    outcome (nodes downstream of a failure never start). Tasks are tagged
-    ``carp-kind-<kind>`` / ``carp-stage-<stage>`` (Prefect tag concurrency
-    limits); ``routing`` = (routes, file, overrides) of `carp deploy --route`."""
+    outcome (nodes downstream of a failure never start). Against a Prefect
+    server (``PREFECT_API_URL``, where tag concurrency limits live) tasks are
+    tagged ``carp-kind-<kind>`` / ``carp-stage-<stage>``; ``routing`` = (routes,
+    file, overrides) of `carp deploy --route`."""
+    from prefect.settings import PREFECT_API_URL
+
     from flows.deploy import route_of
 
+    served = bool(PREFECT_API_URL.value())  # env or `prefect config set`
     futures: dict[str, Any] = {}
     for name, node in graph.nodes.items():
         t = task(
@@ -159,7 +163,9 @@ def submit_all(
             retries=load_kind(node.kind).retries_for(node.params),
             retry_delay_seconds=5,
             cache_policy=NO_CACHE,
-            tags=[f"carp-kind-{node.kind}", f"carp-stage-{node.stage}"],
+            tags=[f"carp-kind-{node.kind}", f"carp-stage-{node.stage}"]
+            if served
+            else None,
         )
         ups = [futures[u] for u in node.upstream]
         args = {"graph": graph, "name": name, "layout": layout, "run": run}
