@@ -18,6 +18,23 @@ from typing import Any
 
 PARENT_ENV = "CARP_PARENT_RUN_ID"
 _BAD_KEY = re.compile(r"[^\w.\-/ :]")
+# MLflow 3 opens an experiment tagged so in its model-training view (runs table,
+# charts, compare), not the GenAI "Traces" page
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# stage metrics the parent run carries too, so the runs table compares
+# pipelines: an evaluated model's headline numbers (``<model>/em/mean``, ...;
+# not the paired differences ``<b>-vs-<a>/...``)
+HEADLINE = re.compile(
+    r"^(?![^/]*-vs-)[^/]+/(em/mean|em_seen|em_unseen|ppl_answer|ppl|word_perplexity|"
+    r"bits_per_byte|mc/acc|mc/acc_norm)$"
+)
+
+
+def parent_name(tags: dict[str, str]) -> str:
+    """``<pipeline> · <runner> · <DVC experiment or git commit>``."""
+    where = tags.get("carp.dvc_exp") or tags.get("carp.git_commit", "")[:8]
+    parts = [tags.get("carp.pipeline", ""), tags.get("carp.runner", ""), where]
+    return " · ".join(p for p in parts if p)
 
 
 def mlflow_key(key: str) -> str:
@@ -108,10 +125,13 @@ class Lineage:
                 remote = uri.startswith(("http://", "https://"))
                 location = None if remote else (root / "mlartifacts").resolve().as_uri()
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=location
+                    experiment, artifact_location=location, tags=EXPERIMENT_KIND
                 )
             else:
                 self.experiment_id = exp.experiment_id
+                for k, v in EXPERIMENT_KIND.items():
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(self.experiment_id, k, v)
         except LineageError:
             raise
         except Exception as e:  # noqa: BLE001 - any backend failure, one message
@@ -138,7 +158,7 @@ class Lineage:
             tags={
                 **tags,
                 "carp.role": "parent",
-                "mlflow.runName": tags.get("carp.pipeline", ""),
+                "mlflow.runName": parent_name(tags),
             },
         )
         return run.info.run_id
@@ -233,10 +253,14 @@ class PipelineRun:
     def stage(
         self, name: str, tags: dict[str, str], params: dict[str, Any]
     ) -> StageRun:
-        """Open the child run of stage ``name`` with its tags and params."""
+        """Open the child run of stage ``name`` with its tags and params; the
+        parent gets the params too, keyed by node (``select@random-s1.budget``)
+        so the variants of a swept stage do not collide."""
         run_id = self.lineage.child(self.parent_id, name, tags)
         self.lineage.log_params(run_id, params)
-        return StageRun(self.lineage, run_id)
+        by_node = {f"{name}.{k.partition('.')[2]}": v for k, v in params.items()}
+        self.lineage.log_params(self.parent_id, by_node)
+        return StageRun(self.lineage, run_id, self.parent_id)
 
     def end(self, ok: bool, status: str | None = None) -> None:
         self.lineage.end(self.parent_id, ok, status)
@@ -245,17 +269,24 @@ class PipelineRun:
 class StageRun:
     """One stage's child run: step metrics (buffered), outputs, final state."""
 
-    def __init__(self, lineage: Lineage, run_id: str) -> None:
+    def __init__(
+        self, lineage: Lineage, run_id: str, parent_id: str | None = None
+    ) -> None:
         self.lineage = lineage
         self.run_id = run_id
+        self.parent_id = parent_id
         self.steps = StepLogger(lineage, run_id)
 
     def log_step(self, metrics: dict[str, float], step: int) -> None:
         self.steps(metrics, step)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        """The stage's metrics; the headline ones also on the parent run."""
         self.steps.flush()
         self.lineage.log_metrics(self.run_id, metrics)
+        top = {k: v for k, v in metrics.items() if HEADLINE.match(k)}
+        if top and self.parent_id is not None:
+            self.lineage.log_metrics(self.parent_id, top)
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         self.lineage.log_artifact(self.run_id, path, artifact_path)

@@ -473,6 +473,7 @@ def open_lineage(graph: Graph, layout: Layout, reuse: bool) -> Any:
         "carp.pipeline": hdr.pipeline,
         "carp.decl_hash": declaration_hash(graph.decl),
         "carp.git_commit": git_commit(home),
+        "carp.runner": "dvc" if reuse else "prefect",  # part of the parent's name
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["carp.dvc_exp"] = os.environ["DVC_EXP_NAME"]

@@ -69,6 +69,16 @@ def test_unchanged_stage_is_skipped_and_changed_one_reruns(tmp_path, toy_kinds, 
     assert run_node(g2, "a", lay, force=False)["cache_key"] != first["cache_key"]
 
 
+def test_headline_metrics_are_an_evaluated_models_numbers():
+    from pipelines.lineage import HEADLINE
+
+    keep = ["base/em/mean", "recover@s1/ppl_answer", "m/mc/acc", "m/bits_per_byte"]
+    drop = ["prune-vs-base/em/mean", "base/em/add", "base/em/mean_lo", "loss"]
+    drop += ["seeds/recover/em/mean"]
+    assert all(HEADLINE.match(k) for k in keep)
+    assert not any(HEADLINE.match(k) for k in drop)
+
+
 def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -84,6 +94,11 @@ def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypat
     children = [r for r in runs if r.data.tags.get("carp.role") == "stage"]
     assert len(parents) == 1 and len(children) == 2
     pid = parents[0].info.run_id
+    # a distinct name; the pipeline's params by node; the model-training view
+    commit = parents[0].data.tags["carp.git_commit"][:8]
+    assert parents[0].info.run_name == f"rt · dvc · {commit}"
+    assert parents[0].data.params["b.offset"] == "1"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     for child in children:
         tags = child.data.tags
         assert tags["mlflow.parentRunId"] == pid
