@@ -139,10 +139,10 @@ def run_e2e(project: Path, work: Path, timeout: float = 2400) -> dict:
                 timeout=timeout + 60,
             )
             out["flow_run_s"] = round(time.monotonic() - t0, 1)
-            out["node_runs"] = _sh(
+            out["node_runs"] = _sh(  # wide: rich would cut the run names
                 [prefect, "flow-run", "ls", "--flow-name", "carp-node", "--limit", "5"],
                 work,
-                env,
+                {**env, "COLUMNS": "250"},
             )
     out["total_s"] = round(time.monotonic() - started, 1)
     return out

@@ -19,7 +19,8 @@ def test_server_worker_deployment_end_to_end(tmp_path):
     seen = run_e2e(project, tmp_path)
     print({k: v for k, v in seen.items() if k.endswith("_s")})
     assert "Completed" in seen["run"], seen["run"][-3000:]
-    assert "recover" in seen["node_runs"]  # ran as a carp-node flow on the gpu pool
+    # recover ran as a flow run of carp-node on the second ("gpu") pool
+    assert "recover" in seen["node_runs"] and "COMPLETED" in seen["node_runs"]
     got = check(project)
     assert got["parents"] == [("FINISHED", "micro")]
     assert got["children"] == sorted(got["stages"]) and got["children_share_parent"]
