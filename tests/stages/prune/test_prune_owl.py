@@ -69,7 +69,17 @@ def test_magnitude_owl_needs_calib():
         Params(model="m", calib="w", profile="owl", scope="global")
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+SLOW = pytest.mark.slow  # the default suite runs OWL end to end with Wanda only
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("magnitude", marks=SLOW),
+        "wanda",
+        pytest.param("sparsegpt", marks=SLOW),
+    ],
+)
 def test_owl_stage(method, tiny_model_dir, calib_dir, tmp_path):
     """Global sparsity = target; the block with the higher outlier ratio gets
     the lower sparsity; each block's matrices hold its sparsity."""
