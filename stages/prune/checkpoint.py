@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stages.common.memory import release_pages
 from stages.common.stream import (  # the streaming writer, shared with merge
     WEIGHTS_FILE,
     tensor_bytes,
@@ -22,6 +23,7 @@ from stages.common.stream import (  # the streaming writer, shared with merge
 __all__ = [
     "WEIGHTS_FILE",
     "checkpoint_state",
+    "release_pages",
     "save_checkpoint",
     "tensor_bytes",
     "tensor_spec",
@@ -44,7 +46,9 @@ def checkpoint_state(model: Any) -> dict[str, Any]:
 
 def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path) -> None:
     """``config.json``, ``generation_config.json``, a streamed
-    ``model.safetensors`` and the tokenizer, as ``save_pretrained`` lays them out."""
+    ``model.safetensors`` and the tokenizer, as ``save_pretrained`` lays them out.
+    Each tensor's pages are released once written (:func:`release_pages`): the
+    model is not used after its save."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.dtype = str(model.dtype).removeprefix("torch.")
@@ -54,11 +58,16 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path) -> None:
         model.generation_config.save_pretrained(str(out_dir))
     state = checkpoint_state(model)
     specs = {k: tensor_spec(v) for k, v in state.items()}
-    write_safetensors(
-        out_dir / WEIGHTS_FILE,
-        specs,
-        lambda k: tensor_bytes(state[k]),
-        metadata={"format": "pt"},
-    )
+    written: list[str] = []
+
+    def data(k: str) -> Any:
+        if written:  # the previous tensor is on disk now
+            release_pages(state[written[-1]])
+        written.append(k)
+        return tensor_bytes(state[k])
+
+    write_safetensors(out_dir / WEIGHTS_FILE, specs, data, metadata={"format": "pt"})
+    if written:
+        release_pages(state[written[-1]])
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))

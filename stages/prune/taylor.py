@@ -53,7 +53,12 @@ def blockwise_grads(
     ``samples`` = (ids, valid); padding is ignored."""
     import torch
 
+    from stages.common.memory import release_pages
     from stages.prune.layerwise import BlockRunner, _first, release_memory
+
+    def done_with(block: Any) -> None:  # its weights are read again from the file
+        for p in block.parameters():
+            release_pages(p.data)
 
     ids, valid = samples
     runner = BlockRunner(model, ids, device, batch_size, valid)
@@ -63,6 +68,7 @@ def blockwise_grads(
     for i in range(n_layers):
         outs = runner.forward(runner.load(i))
         runner.advance(i, outs)
+        done_with(runner.layers[i])
         xs.append(outs)
     total = int(valid[:, 1:].sum())
     model.get_decoder().norm.to(runner.device)
@@ -85,5 +91,6 @@ def blockwise_grads(
         for p in block.parameters():
             p.grad = None
         block.to("cpu")
+        done_with(block)
         g = g_in
         release_memory()

@@ -138,6 +138,8 @@ def _slice(lin: Any, idx: Any, dim: int) -> Any:
     """A new Linear keeping output rows (dim 0) or input columns (dim 1)."""
     import torch
 
+    from stages.common.memory import release_pages
+
     w = lin.weight.data.index_select(dim, idx.to(lin.weight.device))
     bias = lin.bias is not None
     # built on meta (no random init of a large matrix), then given the slices
@@ -147,6 +149,7 @@ def _slice(lin: Any, idx: Any, dim: int) -> Any:
         b = lin.bias.data
         b = b.index_select(0, idx.to(b.device)) if dim == 0 else b.clone()
         new.bias = torch.nn.Parameter(b, requires_grad=lin.bias.requires_grad)
+    release_pages(lin.weight.data)  # the old matrix is dropped
     return new
 
 

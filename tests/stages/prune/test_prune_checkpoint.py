@@ -86,3 +86,21 @@ def test_stage_process_never_imports_deepspeed(tiny_model_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "False"
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_released_pages_keep_every_value(tiny_model_dir):
+    """release_pages drops clean pages of the mapped checkpoint (re-read from
+    the file when touched) and never a changed one."""
+    from stages.common.io import load_model
+    from stages.common.memory import release_pages
+
+    model = load_model(tiny_model_dir)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    q = dict(model.named_parameters())["model.layers.0.self_attn.q_proj.weight"]
+    with torch.no_grad():
+        q.mul_(2)  # a changed tensor: its pages are the process's own now
+    for p in model.parameters():
+        release_pages(p.data)
+    for n, p in model.named_parameters():
+        want = before[n] * 2 if p is q else before[n]
+        assert torch.equal(p.data, want), n
