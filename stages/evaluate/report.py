@@ -48,7 +48,7 @@ def families_of(results: Results) -> list[str]:
         k[3:]
         for res in results.values()
         for k in res
-        if k.startswith("em/") and not k.endswith(BOUNDS)
+        if k.startswith("em/") and not k.endswith((*BOUNDS, "_p"))
     }
     return sorted(fams - {"mean"})
 

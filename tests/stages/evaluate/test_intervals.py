@@ -163,6 +163,9 @@ def test_mcnemar_mid_p_on_hand_made_pairs():
     assert mcnemar_midp(a, b) == pytest.approx((2 * (1 + 10) - 10) / 1024)
     d = em_difference(_hits({"add": a}), _hits({"add": b}), seed=[0])
     assert d["em/add_p"] == pytest.approx(12 / 1024)
+    from stages.evaluate.report import families_of
+
+    assert families_of({"b-vs-a": d}) == ["add"]  # a p-value is not a family
     # the table marks by p under mcnemar, by the interval otherwise
     res = {"x": 0.1, "x_lo": -0.02, "x_hi": 0.2, "x_p": 0.01}
     assert cell(res, "x", ".3f", signed=True).endswith("n.s.")
