@@ -133,7 +133,10 @@ def synthetic_embeddings(pool: list, ref_pool: list, ref_emb: Any, seed: int = 0
 
     rng = np.random.default_rng(seed)
     sample = ref_emb[rng.choice(len(ref_emb), min(2000, len(ref_emb)), replace=False)]
-    d2 = ((sample[:, None, :] - sample[None, :, :]) ** 2).sum(-1)
+    # |a|² + |b|² - 2ab: (n, n), not the (n, n, D) broadcast (6 GB at n = 2000,
+    # which a spawned stage process would inherit as its peak RSS)
+    sq = (sample**2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * sample @ sample.T, 0)
     np.fill_diagonal(d2, np.inf)
     nn = float(np.median(np.sqrt(d2.min(1))))
     by_fam: dict[str, Any] = {}
