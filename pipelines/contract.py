@@ -193,7 +193,8 @@ class Registry:
         return len(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        # a declaration may hold a list or mapping where a name is meant
+        return isinstance(name, str) and name in self._entries
 
     def target(self, name: str) -> str:
         """The module path (without ``:attribute``) registered as ``name``."""

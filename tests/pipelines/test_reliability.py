@@ -6,6 +6,7 @@ overwritten artifact."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import socket
@@ -825,7 +826,8 @@ ODD = [
 
 
 def _mutate(raw, rng: random.Random):
-    """Replace, delete or add one value somewhere in ``raw`` (in place)."""
+    """Replace, delete or add one value somewhere in ``raw`` (in place); the
+    values put in are copies, so no mutant shares (or cycles through) them."""
     node = raw
     while True:
         keys = list(node) if isinstance(node, dict) else list(range(len(node)))
@@ -839,13 +841,13 @@ def _mutate(raw, rng: random.Random):
         break
     op = rng.random()
     if op < 0.6:
-        node[key] = rng.choice(ODD)
+        node[key] = copy.deepcopy(rng.choice(ODD))
     elif op < 0.8 and isinstance(node, dict):
         del node[key]
     elif isinstance(node, dict):
         node[
             rng.choice(["kind", "method", "matrix", "seeds", "zz", str(key) + "x"])
-        ] = rng.choice(ODD)
+        ] = copy.deepcopy(rng.choice(ODD))
 
 
 def test_mutated_declarations_give_errors_or_ok_never_an_exception():
@@ -869,7 +871,7 @@ def test_every_engine_key_of_every_stage_takes_odd_values():
         for key in ("kind", "method", "matrix", "seeds"):
             for value in ODD:
                 raw = json.loads(json.dumps(base))
-                raw["stages"][stage][key] = value
+                raw["stages"][stage][key] = copy.deepcopy(value)
                 t0 = time.perf_counter()
                 with contextlib.suppress(DeclarationError):
                     build(validate(raw, source=f"{stage}.{key}={value!r}"))
