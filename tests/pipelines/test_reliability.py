@@ -375,6 +375,11 @@ CATALOGUE += [
     ),
     (HEAD + "  e: {kind: evaluate, models: b, data: w}\n", "stages.e.models", "list"),
     (HEAD + "  e: {kind: evaluate, models: [b]}\n", "stages.e.data", "required"),
+    (
+        HEAD + "  e: {kind: evaluate, models: [b], data: w, suites: [[x]]}\n",
+        "stages.e.suites",
+        "unknown suite",
+    ),
     # DeepSpeed
     (_ds("zero_stage: 4"), "stages.r.deepspeed.zero_stage", "1, 2 or 3"),
     (_ds("offload_params: true"), "stages.r.deepspeed", "zero_stage: 3"),
