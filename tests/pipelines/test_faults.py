@@ -2,8 +2,10 @@
 
 The default suite keeps the cheap checks (a child dies with its parent; a DVC
 stage ends the parent run it reopened; SIGTERM inside a stage leaves the last
-good output and ends its runs KILLED). The same against a real MLflow store is
-``slow``: ``pytest -m slow tests/pipelines/test_faults.py``.
+good output and ends its runs KILLED). ``slow`` (``pytest -m slow
+tests/pipelines/test_faults.py``): the same against a real MLflow store, and on
+a git + DVC project of real stages, a `dvc repro` that cannot find `carp` keeping
+the outputs (they persist) and a SIGKILLed `carp run` leaving no Prefect server.
 """
 
 from __future__ import annotations
@@ -195,3 +197,126 @@ def test_carp_stage_ends_its_parent_and_sigterm_keeps_the_last_output(
     assert (tmp_path / "artifacts" / "a" / "carp.json").read_text() == good
     assert not list((tmp_path / "artifacts").glob(".tmp-*"))
     assert signal.getsignal(signal.SIGTERM) == before  # carp's handler removed
+
+
+# -- slow: a DVC project on real stages; a SIGKILLed `carp run` --------------
+
+FAULTS_DECL = """\
+pipeline: faults
+seed: 0
+stages:
+  world: {kind: world, pool_size: 60, eval_per_family: 2, pretrain_size: 60,
+          ppl_size: 3, facts: 4, vocab_size: 300}
+  base: {kind: pretrain, data: world, hidden_size: 16, layers: 1, heads: 2,
+         kv_heads: 1, intermediate_size: 32, steps: 2, batch_size: 8, max_len: 48}
+  prune: {kind: prune, method: magnitude, model: base, sparsity: 0.5}
+  select: {kind: select, method: random, pool: world, budget: 0.2}
+  recover: {kind: recover, method: full, model: prune, data: select, steps: 2,
+            micro_batch: 4, max_len: 48}
+  eval: {kind: evaluate, models: [base, recover], data: world,
+         max_samples_per_family: 1}
+"""
+
+
+def _sh(args, cwd, env, timeout=1800):
+    res = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, f"{args}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC project on a seconds-long declaration, reproduced once."""
+    import shutil
+
+    proj = tmp_path_factory.mktemp("faults")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("pipelines", "stages", "flows"):
+        shutil.copytree(ROOT / pkg, proj / pkg, ignore=ignore)
+    (proj / "params.yaml").write_text(FAULTS_DECL)
+    shutil.copy(ROOT / ".dvcignore", proj / ".dvcignore")
+    (proj / ".gitignore").write_text(
+        "/artifacts/\n/reports/\n/checkpoints/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(proj),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PREFECT_HOME": str(proj / ".prefect"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["carp", "compile"]):
+        _sh(cmd, proj, env)
+    _sh(["git", "add", "-A"], proj, env)
+    _sh(["git", "commit", "-qm", "faults"], proj, env)
+    _sh(["dvc", "repro"], proj, env)
+    return proj, env
+
+
+def _intact(proj: Path, node: str) -> str:
+    """The output is complete and what its manifest recorded; its fingerprint."""
+    from pipelines.graph import folder_fingerprint
+    from pipelines.runtime import read_manifest, volatile
+
+    out = proj / "artifacts" / node
+    man = read_manifest(out)
+    assert man is not None, f"{out} lost its output"
+    assert folder_fingerprint(out, volatile(man)) == man["fingerprint"], out
+    assert (proj / "reports" / node / "metrics.json").exists()
+    return man["fingerprint"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(7200)
+def test_missing_carp_under_dvc_keeps_the_outputs(project):
+    """`dvc repro` without carp on PATH fails, and the outputs it would have
+    replaced are still there (they persist)."""
+    proj, env = project
+    good = _intact(proj, "prune")
+    bare = {**env, "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "-f", "-s", "prune"],
+        cwd=proj,
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode != 0
+    assert _intact(proj, "prune") == good
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(7200)
+def test_sigkilled_carp_run_leaves_no_prefect_server(project):
+    import psutil
+
+    proj, env = project
+    proc = subprocess.Popen(
+        ["carp", "run", "--no-track"],
+        cwd=proj,
+        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = None
+    end = time.time() + 600
+    while server is None and time.time() < end and proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            if "uvicorn" in " ".join(child.cmdline()):
+                server = child.pid
+        time.sleep(0.5)
+    assert server is not None, "carp run started no temporary Prefect server"
+    proc.kill()
+    proc.wait()
+    assert _gone(server, 15), "Prefect's temporary server outlived carp run"
