@@ -4,8 +4,9 @@ Each stage runs ``carp stage <node>``, lists exactly its own params section,
 depends on its upstream outputs and on the source files it runs (the exact
 import closure of its kind and method, :func:`pipelines.graph.node_code`), and
 declares its output folder, its metrics and its plots, all ``persist: true``
-(see :data:`KEEP`). Resumable kinds also get a persisted, uncached checkpoint
-folder.
+(see :data:`KEEP`). A resumable kind's ``checkpoints/<node>`` is not an
+output: DVC never deletes what it does not track, and a remote would not carry
+an uncached folder (a fresh clone after ``dvc pull`` would count it deleted).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 
 from pipelines.graph import Graph, Node, node_code
 from pipelines.kinds import load_kind
-from pipelines.runtime import ARTIFACTS, CHECKPOINTS, REPORTS
+from pipelines.runtime import ARTIFACTS, REPORTS
 
 # DVC deletes a stage's outputs before running it unless they persist. carp
 # publishes every output by renaming a finished temp folder over the old one,
@@ -113,8 +114,6 @@ def _stage_body(node: Node, name: str, decl_file: str, deps: list[str]) -> dict:
     )
     kind = load_kind(node.kind)
     outs: list[Any] = [{f"{ARTIFACTS}/{name}": dict(KEEP)}]
-    if kind.resumable:
-        outs.append({f"{CHECKPOINTS}/{name}": {**KEEP, "cache": False}})
     body = {
         "cmd": " ".join(c if "${" in c else shlex.quote(c) for c in cmd),
         "deps": deps,

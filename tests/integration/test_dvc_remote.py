@@ -19,14 +19,6 @@ from tests.integration.test_micro_pipeline import (  # noqa: F401  (fixture)
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the compiler declares checkpoints/<stage> of resumable "
-    "stages as uncached (cache: false) DVC outs, which no remote carries; after "
-    "`dvc pull` on a fresh clone `dvc status` reports them deleted, so select, "
-    "recover and eval count as changed (pipelines/dvc.py: cache them, or keep "
-    "them out of `outs`, which DVC never deletes anyway)",
-)
 def test_push_then_pull_on_a_fresh_clone(project, tmp_path):  # noqa: F811
     proj, env = project
     sh(["dvc", "repro"], proj, env, timeout=3000)
