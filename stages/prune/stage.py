@@ -14,6 +14,19 @@ from stages.prune.checkpoint import save_checkpoint
 from stages.prune.targets import Pruned
 
 
+def nonzero_count(t: Any) -> int:
+    """Non-zeros of ``t`` (``count_nonzero``: ``(t != 0).sum()`` would widen a
+    bool copy to int64), then its clean pages released: counting must not make
+    the mapped checkpoint resident (see stages.common.memory.release_pages)."""
+    import torch
+
+    from stages.common.memory import release_pages
+
+    n = int(torch.count_nonzero(t))
+    release_pages(t)
+    return n
+
+
 def zero_counts(model: Any, names: list[str] | None = None) -> dict[str, tuple]:
     """(zeros, numel) of the weight of each named module (default: every
     ``nn.Linear``)."""
@@ -25,8 +38,7 @@ def zero_counts(model: Any, names: list[str] | None = None) -> dict[str, tuple]:
     counts = {}
     for name in names:
         w = mods[name].weight
-        # count_nonzero: ``(w != 0).sum()`` would widen a bool copy to int64
-        counts[name] = (w.numel() - int(torch.count_nonzero(w)), w.numel())
+        counts[name] = (w.numel() - nonzero_count(w), w.numel())
     return counts
 
 
@@ -96,8 +108,7 @@ def execute(
     result: Pruned = method.apply(model, params, calib, ctx)
 
     after = sum(p.numel() for p in model.parameters())
-    # count_nonzero: ``(p != 0).sum()`` would widen a bool copy to int64 (8x p)
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    nonzero = sum(nonzero_count(p.data) for p in model.parameters())
     pruned = list(result.masks)
     has_masks = bool(pruned)
     if has_masks:  # written and freed before the model is saved: the save
