@@ -124,11 +124,11 @@ def combine_deltas(
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
-    """Per row (dim 1) scaled to [0, 1]; a constant row gives 0."""
+    """Per row (dim 1) scaled to [0, 1]; a constant row gives 0 (x - lo is 0
+    there, divided by 1). One new tensor, divided in place."""
     lo = x.min(dim=1, keepdim=True).values
-    hi = x.max(dim=1, keepdim=True).values
-    span = hi - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1), 0.0)
+    span = x.max(dim=1, keepdim=True).values - lo
+    return (x - lo).div_(torch.where(span > 0, span, 1))
 
 
 def _clamp_rows(x: torch.Tensor, low: list[float], high: float) -> torch.Tensor:
@@ -158,11 +158,15 @@ def pcb_balance(
     Their product is clamped below at each task's (1 - density) quantile and
     min-max scaled, so the lowest-scoring (1 - density) entries get scale 0."""
     k = deltas.shape[0]
+    # in-place where a temporary is ours: the merge holds K copies of the
+    # largest tensor, so each avoided temporary is a copy of the stack saved
     mag = _clamp_rows(deltas.abs(), [clamp_ratio] * k, clamp_ratio)
-    clamped = deltas.sign() * mag
-    intra = torch.exp(k * _minmax(mag) ** 2)
-    inter = torch.tanh(deltas * deltas.sum(dim=0, keepdim=True))
-    score = intra * inter
+    clamped = deltas.sign().mul_(mag)
+    intra = _minmax(mag).pow_(2).mul_(k).exp_()
+    del mag
+    inter = deltas.mul(deltas.sum(dim=0, keepdim=True)).tanh_()
+    score = intra.mul_(inter)
+    del inter
     scale = _minmax(_clamp_rows(score, [1 - d for d in densities], 0.0))
     return clamped, scale
 
@@ -179,5 +183,6 @@ def pcb_merge(
     flat = deltas.reshape(deltas.shape[0], -1)
     clamped, scale = pcb_balance(flat, densities, clamp_ratio)
     w = weights.to(flat.dtype).unsqueeze(1)
-    merged = (w * clamped * scale).sum(dim=0) / scale.sum(dim=0).clamp(min=1e-12)
+    merged = clamped.mul_(w).mul_(scale).sum(dim=0)
+    merged.div_(scale.sum(dim=0).clamp(min=1e-12))
     return (lam * merged).reshape(shape)

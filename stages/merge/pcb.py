@@ -46,7 +46,7 @@ def merge_tensor(job: TensorJob, params: Params) -> Any:
 
     from stages.merge import kernels
 
-    deltas = torch.stack([t - job.base for t in job.tensors])
+    deltas = torch.stack(job.tensors).sub_(job.base)  # one (K, ...) copy
     merged = kernels.pcb_merge(
         deltas,
         torch.tensor(job.weights),
