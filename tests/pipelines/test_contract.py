@@ -119,10 +119,15 @@ def test_method_inputs_are_kind_checked_per_method():
     assert "unknown key 'model'" in found["stages.sel.model"]
 
 
-def test_magnitude_reads_no_calibration_and_wanda_needs_it():
+def test_magnitude_reads_calibration_only_for_owl_and_wanda_needs_it():
     prune = {"kind": "prune", "model": "base"}
-    found = issues({**WORLD, "p": {**prune, "method": "magnitude", "calib": "world"}})
-    assert "unknown key 'calib'" in found["stages.p.calib"]
+    # uniform magnitude ignores a given calib (a method sweep may share it) ...
+    mag = {**prune, "method": "magnitude", "calib": "world"}
+    validate({"pipeline": "t", "stages": {**WORLD, "p": mag}})  # no error
+    # ... and OWL's outlier ratios need it
+    owl = {**prune, "method": "magnitude", "profile": "owl"}
+    found = issues({**WORLD, "p": owl})
+    assert "calibration data" in found["stages.p.calib"]
     found = issues({**WORLD, "p": {**prune, "method": "wanda"}})
     assert "stages.p.calib" in found
     found = issues({**WORLD, "p": {**prune, "method": "width", "importance": "taylor"}})
