@@ -6,13 +6,13 @@ touches.
 """
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.project import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["world", "base", "prune", "select", "recover", "eval"]
@@ -42,28 +42,9 @@ def fingerprints(project):
 def project(tmp_path_factory):
     """A fresh carp project (code copied, git + dvc initialised) on micro.yaml."""
     proj = tmp_path_factory.mktemp("proj")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in ("pipelines", "stages", "flows"):
-        shutil.copytree(ROOT / pkg, proj / pkg, ignore=ignore)
-    shutil.copy(ROOT / "pipelines" / "presets" / "micro.yaml", proj / "params.yaml")
-    shutil.copy(ROOT / ".dvcignore", proj / ".dvcignore")
-    (proj / ".gitignore").write_text(
-        "/artifacts/\n/reports/\n/checkpoints/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(proj),
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PREFECT_HOME": str(proj / ".prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
+    micro = (ROOT / "pipelines" / "presets" / "micro.yaml").read_text()
+    env = make_project(proj, micro)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: bytecode written
     sh(["git", "init", "-q"], proj, env)
     sh(["dvc", "init", "-q"], proj, env)

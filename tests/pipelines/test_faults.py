@@ -229,30 +229,10 @@ def _sh(args, cwd, env, timeout=1800):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git + DVC project on a seconds-long declaration, reproduced once."""
-    import shutil
+    from tests.integration.project import make_project
 
     proj = tmp_path_factory.mktemp("faults")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for pkg in ("pipelines", "stages", "flows"):
-        shutil.copytree(ROOT / pkg, proj / pkg, ignore=ignore)
-    (proj / "params.yaml").write_text(FAULTS_DECL)
-    shutil.copy(ROOT / ".dvcignore", proj / ".dvcignore")
-    (proj / ".gitignore").write_text(
-        "/artifacts/\n/reports/\n/checkpoints/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(proj),
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PREFECT_HOME": str(proj / ".prefect"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = make_project(proj, FAULTS_DECL)
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["carp", "compile"]):
         _sh(cmd, proj, env)
     _sh(["git", "add", "-A"], proj, env)
