@@ -181,36 +181,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.runtime import Layout, read_manifest
+    from pipelines.runtime import Layout
+    from stages.evaluate.html import pipeline_report, write_text_atomic
 
     graph = _load_graph(args.file)
     layout = Layout(Path.cwd())
-    mine = graph.decl.header.pipeline
-    shown = 0
-    for node in graph.nodes.values():
-        table = layout.out(node.name) / "table.md"
-        if node.kind != "evaluate" or not table.exists():
-            continue
-        theirs = (read_manifest(layout.out(node.name)) or {}).get("pipeline")
-        if theirs is not None and theirs != mine:
-            print(
-                f"{layout.out(node.name)} holds pipeline {theirs!r}'s results, not "
-                f"{mine!r}'s: not shown",
-                file=sys.stderr,
-            )
-            continue
-        print(f"## {node.name}\n\n{table.read_text()}")
-        shown += 1
-    if not shown:
+    report = pipeline_report(graph, layout)
+    for line in report.skipped:
+        print(line, file=sys.stderr)
+    if not report.tables:
         print(
             "no evaluation tables yet: run `dvc repro` or `carp run` first",
             file=sys.stderr,
         )
         return 1
-    from stages.evaluate.html import write_pipeline_report
-
-    page = write_pipeline_report(graph, layout, Path(args.html))
-    print(f"HTML report: {page}")
+    print(report.markdown())
+    print(f"Markdown report: {write_text_atomic(Path(args.md), report.markdown())}")
+    print(f"HTML report: {write_text_atomic(Path(args.html), report.html())}")
     from pipelines.lineage import tracking_uri
 
     uri = tracking_uri(layout.home, graph.decl.header.tracking_uri)
@@ -341,13 +328,19 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_methods)
 
     s = sub.add_parser(
-        "report", help="print the evaluation tables, write the HTML report"
+        "report",
+        help="print the evaluation and study tables, write them as Markdown and HTML",
     )
     s.add_argument("file", nargs="?", default=DEFAULT_FILE)
     s.add_argument(
         "--html",
         default="reports/report.html",
         help="self-contained HTML page (default: %(default)s)",
+    )
+    s.add_argument(
+        "--md",
+        default="reports/report.md",
+        help="the same tables as Markdown (default: %(default)s)",
     )
     s.set_defaults(fn=cmd_report)
     return p

@@ -4,7 +4,8 @@ A declared stage with a ``matrix``/``seeds`` becomes one node per variant
 (``select@paser-0.1``). A downstream stage that names a swept stage in a
 single-valued input fans out per variant (variants of different swept stages
 combine by natural join on their origins); a list-valued input (evaluate's
-``models``) takes every variant as one list.
+``models``) takes, as one list, every variant that agrees with the node's own
+origin (an evaluate of world ``s1`` lists world ``s1``'s models only).
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def _join(
     return out
 
 
+def _agrees(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
+    """Two origins name no stage with different labels (a list input fans in
+    only the variants that agree with the node's own origin: an evaluate stage
+    of world ``s1`` takes world ``s1``'s models, not every world's)."""
+    mine = dict(b)
+    return all(mine.get(stage, label) == label for stage, label in a)
+
+
 def _resolve(
     by_stage: dict[str, list[Node]], ref: str, stage: str, field: str, source: str
 ) -> list[Node]:
@@ -151,6 +160,7 @@ def build(decl: Declaration) -> Graph:
                                 n.name
                                 for r in value
                                 for n in _resolve(by_stage, r, sname, f, decl.source)
+                                if "@" in r or _agrees(n.origin, origin)
                             ]
                     suffix = "-".join(lbl for _, lbl in full_origin)
                     name = f"{sname}@{suffix}" if suffix else sname

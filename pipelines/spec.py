@@ -25,6 +25,24 @@ URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql"
 ENGINE_KEYS = ("kind", "matrix", "seeds")
 
 
+class ReportSpec(BaseModel):
+    """``report:``: what `carp report` adds to the evaluation tables of a study
+    (read by the report only: no stage's fingerprint depends on it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: str | None = Field(
+        None,
+        description="A swept model stage (e.g. `rec_random`): every other swept "
+        "model of an evaluate stage is compared with this stage's variant of the "
+        "same budget and seed labels (paired bootstrap over seeds and records, "
+        "overall and per family).",
+    )
+    bootstrap: int = Field(
+        2000, strict=True, ge=100, le=100_000, description="Bootstrap replicates."
+    )
+
+
 class PipelineHeader(BaseModel):
     """Top-level keys of a pipeline file."""
 
@@ -63,6 +81,10 @@ class PipelineHeader(BaseModel):
         "`dask` (a local Dask cluster of max_parallel workers) or "
         "`tcp://HOST:PORT` (a running Dask scheduler); Dask needs the `dask` extra "
         "(prefect-dask). `carp run --task-runner` overrides it.",
+    )
+    report: ReportSpec = Field(
+        default_factory=ReportSpec,
+        description="Study tables `carp report` adds (see ReportSpec).",
     )
     stages: dict[str, Any] = Field(..., description="Named stages, in any order.")
 
@@ -716,6 +738,15 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
     }
     _check_inputs(stages, kinds, issues)
     _check_budgets(stages, issues)
+    baseline = header.report.baseline if header is not None else None
+    if baseline is not None and baseline not in stages_raw:
+        issues.append(
+            Issue(
+                "report.baseline",
+                f"no stage named '{baseline}'"
+                + did_you_mean(baseline, sorted(str(n) for n in stages_raw)),
+            )
+        )
     topo_order(stages, issues)
     bad_numbers = non_finite(raw)
     if bad_numbers:  # range checks say the same less clearly: keep this one

@@ -176,38 +176,99 @@ def pipeline_sections(
         sections.append(s)
     if curves:
         sections.append(
-            Section("Training", images=[("training loss", loss_figure(curves))])
+            Section(
+                "Training",
+                "Training loss against optimizer step (plotted in the HTML page): "
+                + ", ".join(f"`{name}`" for name in curves),
+                images=[("training loss", loss_figure(curves))],
+            )
         )
     return sections
 
 
-def write_pipeline_report(graph, layout, path: Path) -> Path:
-    """``path``: the HTML page of a pipeline run (``graph``: a built declaration,
-    ``layout``: its folders), from whatever outputs of this pipeline exist (an
-    output another declaration wrote is left out); returns ``path``."""
+FOOTER = (
+    "Intervals: 95%. A difference marked n.s. has an interval that contains 0: "
+    "the run does not tell the two models apart."
+)
+
+
+@dataclass
+class PipelineReport:
+    """What ``carp report`` shows of one declaration's run."""
+
+    title: str
+    sections: list[Section]
+    tables: int  # evaluate tables among the sections
+    skipped: list[str]  # output folders that hold another declaration's results
+
+    def markdown(self) -> str:
+        body = "\n".join(f"## {s.title}\n\n{s.markdown}" for s in self.sections)
+        return f"# {self.title}\n\n{body}\n{FOOTER}\n"
+
+    def html(self) -> str:
+        return build_page(self.title, self.sections, footer=FOOTER)
+
+
+def pipeline_report(graph, layout) -> PipelineReport:
+    """The report of a pipeline run (``graph``: a built declaration,
+    ``layout``: its folders) from whatever outputs of this pipeline exist: an
+    output folder another declaration wrote is left out and named in
+    ``skipped``. Evaluation tables, the study tables (``stages.evaluate.study``)
+    and training-loss curves."""
     import json
 
+    from stages.evaluate.study import study_sections
+
     mine = graph.decl.header.pipeline
+    skipped: list[str] = []
+    seen: dict[str, bool] = {}
+
+    def owned(node) -> bool:
+        if node.name not in seen:
+            seen[node.name] = _owned(node)
+        return seen[node.name]
+
+    def _owned(node) -> bool:
+        manifest = layout.out(node.name) / "carp.json"
+        owner = (
+            json.loads(manifest.read_text()).get("pipeline")
+            if manifest.exists()
+            else None
+        )
+        if owner is not None and owner != mine:
+            skipped.append(
+                f"{layout.out(node.name)} holds pipeline {owner!r}'s results, not "
+                f"{mine!r}'s: not shown"
+            )
+            return False
+        return True
+
     evaluations, curves = {}, {}
     for node in graph.nodes.values():
         out = layout.out(node.name)
-        manifest = out / "carp.json"
-        owner = json.loads(manifest.read_text()) if manifest.exists() else {}
-        if owner.get("pipeline", mine) != mine:
-            continue
-        if node.kind == "evaluate" and (out / "table.md").exists():
+        if node.kind == "evaluate" and (out / "table.md").exists() and owned(node):
             evaluations[node.name] = out
         for csv_file in sorted((layout.report(node.name) / "plots").glob("*loss.csv")):
             curves[
                 node.name if csv_file.stem == "loss" else f"{node.name}/{csv_file.stem}"
             ] = csv_file
-    title = f"carp report: {mine}"
-    page = build_page(
-        title,
-        pipeline_sections(evaluations, curves),
-        footer="Intervals: 95%. A difference marked n.s. has an interval that "
-        "contains 0: the run does not tell the two models apart.",
-    )
+    sections = pipeline_sections(evaluations, curves)
+    studies = [
+        Section(title, text) for title, text in study_sections(graph, layout, owned)
+    ]
+    sections[len(evaluations) : len(evaluations)] = studies
+    return PipelineReport(f"carp report: {mine}", sections, len(evaluations), skipped)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """``path`` replaced in one step (a temp file beside it, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
     return path
+
+
+def write_pipeline_report(graph, layout, path: Path) -> Path:
+    """``path``: the HTML page of a pipeline run; returns ``path``."""
+    return write_text_atomic(path, pipeline_report(graph, layout).html())

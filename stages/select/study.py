@@ -2,7 +2,8 @@
 between a selection method and the baseline (random) recovered at the same
 budget and seed, with a bootstrap over seeds and eval records; and the
 corrupted records a selection took against random's hypergeometric range.
-Pure functions over arrays and dicts; the CLI is benchmarks/select_study.py.
+Pure functions over arrays and dicts; `carp report` builds the study tables
+from them (stages/evaluate/study.py).
 """
 
 from __future__ import annotations
@@ -18,32 +19,37 @@ _SEED = re.compile(r"^s(\d+)$")
 
 @dataclass(frozen=True)
 class Variant:
-    """A recovered model's name split into method, budget and seed."""
+    """A model's node name split into its stage, the other labels of its
+    origin (world seed, pruning regime, a matrix value), budget and seed."""
 
     name: str
-    method: str
+    method: str  # stage@other-labels
     budget: float | None
     seed: int | None
+    stage: str = ""
+    labels: tuple[str, ...] = ()
 
 
 def parse_variant(name: str) -> Variant:
-    """``rec_paser@carp-0.1-s2`` -> method ``rec_paser@carp``, budget 0.1,
-    seed 2 (labels that are neither a number nor ``s<int>`` stay in the
-    method)."""
+    """``rec_paser@s1-carp-0.1-s2`` -> stage ``rec_paser``, labels ``(s1,
+    carp)``, method ``rec_paser@s1-carp``, budget 0.1, seed 2. The seed is the
+    last label when it is ``s<int>`` (a ``seeds:`` sweep always labels last);
+    the budget the last label that is a number; the rest stay in the method."""
     stage, _, label = name.partition("@")
-    rest, budget, seed = [], None, None
-    for part in label.split("-") if label else []:
-        m = _SEED.match(part)
-        if m:
-            seed = int(m.group(1))
-            continue
+    parts = label.split("-") if label else []
+    seed = None
+    if parts and _SEED.match(parts[-1]):
+        seed = int(parts.pop()[1:])
+    budget = None
+    for i in range(len(parts) - 1, -1, -1):
         try:
-            budget = float(part)
-            continue
+            budget = float(parts[i])
         except ValueError:
-            rest.append(part)
-    method = stage + ("@" + "-".join(rest) if rest else "")
-    return Variant(name, method, budget, seed)
+            continue
+        del parts[i]
+        break
+    method = stage + ("@" + "-".join(parts) if parts else "")
+    return Variant(name, method, budget, seed, stage, tuple(parts))
 
 
 def paired_difference(

@@ -30,7 +30,7 @@ def test_matrix_and_seeds_expand_to_named_variants(toy_kinds):
     assert g.nodes["a@4-s1"].params.seed == 1
 
 
-def test_downstream_fans_out_per_variant_and_lists_take_all(toy_kinds):
+def test_downstream_fans_out_per_variant_and_lists_take_their_origins(toy_kinds):
     g = build(
         decl(
             {
@@ -42,10 +42,21 @@ def test_downstream_fans_out_per_variant_and_lists_take_all(toy_kinds):
     )
     assert [n for n in g.nodes if n.startswith("b")] == ["b@2", "b@4"]
     assert g.nodes["b@4"].inputs["data"] == "a@4"
-    # c fans out along b, and its list input holds every variant of a and b
-    assert g.nodes["c@2"].inputs["extra"] == ["a@2", "a@4", "b@2", "b@4"]
-    # every c takes all of a in its list input, so both depend on a@2
-    assert g.downstream_of("a@2") == ["a@2", "b@2", "c@2", "c@4"]
+    # c fans out along b; its list input holds the variants of a and b that
+    # agree with its own origin (a = 2)
+    assert g.nodes["c@2"].inputs["extra"] == ["a@2", "b@2"]
+    assert g.downstream_of("a@2") == ["a@2", "b@2", "c@2"]
+    # without a swept single input, a list takes every variant
+    g = build(
+        decl(
+            {
+                "a": {"kind": "toysrc", "matrix": {"n": [2, 4]}},
+                "s": {"kind": "toysrc"},
+                "c": {"kind": "toyadd", "data": "s", "extra": ["a"]},
+            }
+        )
+    )
+    assert g.nodes["c"].inputs["extra"] == ["a@2", "a@4"]
 
 
 def test_a_variant_is_named_by_its_node_name(toy_kinds):
@@ -113,3 +124,36 @@ def test_bad_matrix_is_reported(toy_kinds, bad):
     with pytest.raises(DeclarationError) as e:
         decl({"a": {"kind": "toysrc", "matrix": bad}})
     assert e.value.issues[0].path.startswith("stages.a.matrix")
+
+
+def test_a_list_input_takes_only_the_variants_of_the_nodes_own_origin():
+    g = build(
+        decl(
+            {
+                "world": {"kind": "world", "seeds": [0, 1]},
+                "base": {"kind": "pretrain", "data": "world"},
+                "prune": {
+                    "kind": "prune",
+                    "method": "magnitude",
+                    "model": "base",
+                    "matrix": {"sparsity": [0.3, 0.5]},
+                },
+                "eval": {
+                    "kind": "evaluate",
+                    "models": ["base", "prune", "base@s0"],
+                    "data": "world",
+                },
+            }
+        )
+    )
+    assert g.nodes["eval@s1"].inputs["models"] == [
+        "base@s1",
+        "prune@s1-0.3",
+        "prune@s1-0.5",
+        "base@s0",  # named variants are taken as named
+    ]
+    assert g.nodes["eval@s0"].inputs["models"][:3] == [
+        "base@s0",
+        "prune@s0-0.3",
+        "prune@s0-0.5",
+    ]

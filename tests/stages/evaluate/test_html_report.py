@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from pipelines.runtime import Layout
+from pipelines.spec import ReportSpec
 from stages.evaluate.html import write_pipeline_report
 from stages.evaluate.report import markdown_table, write_csv
 
@@ -45,7 +46,7 @@ def fake_run(root: Path) -> SimpleNamespace:
         n: SimpleNamespace(name=n, kind=k)
         for n, k in [("base", "pretrain"), ("recover", "recover"), ("eval", "evaluate")]
     }
-    header = SimpleNamespace(pipeline="demo")
+    header = SimpleNamespace(pipeline="demo", report=ReportSpec())
     return SimpleNamespace(nodes=nodes, decl=SimpleNamespace(header=header))
 
 

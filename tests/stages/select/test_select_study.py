@@ -18,9 +18,24 @@ def test_parse_variant():
     assert (v.method, v.budget, v.seed) == ("rec_paser@carp", 0.1, 2)
     v = parse_variant("rec_random@0.2-s0")
     assert (v.method, v.budget, v.seed) == ("rec_random", 0.2, 0)
-    assert parse_variant("base") == parse_variant("base").__class__(
-        "base", "base", None, None
+    v = parse_variant("base")
+    assert (v.name, v.method, v.budget, v.seed, v.stage, v.labels) == (
+        "base",
+        "base",
+        None,
+        None,
+        "base",
+        (),
     )
+    # world seed and regime stay labels; only the last s<int> is the seed
+    v = parse_variant("rec_paser@s1-2_4-0.05-s0")
+    assert (v.stage, v.labels, v.budget, v.seed) == (
+        "rec_paser",
+        ("s1", "2_4"),
+        0.05,
+        0,
+    )
+    assert v.method == "rec_paser@s1-2_4"
 
 
 def test_paired_difference_known_gain_and_null():

@@ -1,0 +1,203 @@
+"""Study tables for ``carp report``: a sweep compared with a declared baseline,
+and what the select stages took.
+
+A declaration with ``report: {baseline: rec_random}`` gets, for each evaluate
+stage that scored variants of the baseline, one table of mean exact match per
+swept method and label (e.g. budget) with the paired difference against the
+baseline's variant of the same label and seed (bootstrap over seeds and eval
+records, ``stages.select.study.paired_difference``), and the same per family.
+Every select output (``selection.json``) gets a row: clusters and their ARI
+against the families, records selected, corrupted records taken against random's
+95% hypergeometric range.
+
+``sweep_table`` and ``selection_table`` are pure (arrays and dicts in, Markdown
+out); ``read_em`` and ``study_sections`` read a run's folders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.select.study import (
+    paired_difference,
+    parse_variant,
+    random_corrupted_range,
+)
+
+
+def read_em(eval_dir: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """0/1 exact match per model over the same records (sorted by id) and the
+    records' families, from ``<eval>/predictions/<model>.jsonl``."""
+    em: dict[str, np.ndarray] = {}
+    ids: list[str] = []
+    fams: list[str] = []
+    for f in sorted((eval_dir / "predictions").glob("*.jsonl")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line]
+        rows.sort(key=lambda r: r["id"])
+        if not ids:
+            ids = [r["id"] for r in rows]
+            fams = [r["family"] for r in rows]
+        if [r["id"] for r in rows] != ids:
+            raise ValueError(
+                f"{f}: scored on other records than {eval_dir.name}'s first model; "
+                "evaluate every model on the same data"
+            )
+        em[f.stem] = np.array([float(r["em"]) for r in rows])
+    return em, fams
+
+
+def _mean_em(a: np.ndarray, fam: np.ndarray, names: list[str]) -> float:
+    return float(np.mean([a[fam == f].mean() for f in names]))
+
+
+def _cell(d: tuple[float, float, float], fmt: str) -> str:
+    point, lo, hi = d
+    mark = "" if lo > 0 or hi < 0 else " n.s."
+    return f"{point:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]{mark}"
+
+
+def sweep_table(
+    em: Mapping[str, np.ndarray],
+    families: Sequence[str],
+    baseline: str,
+    n_boot: int = 2000,
+) -> str:
+    """Markdown: mean EM (mean of family means) of every model; for the seed
+    variants of a swept stage, mean ± std over seeds and the paired difference
+    against ``baseline``'s variants with the same other labels and seeds;
+    then the same differences per family. Empty when ``baseline`` has no seed
+    variant among the models."""
+    fam = np.asarray(families)
+    names = sorted(set(fam.tolist()))
+    groups: dict[tuple[str, float | None], dict[int, np.ndarray]] = defaultdict(dict)
+    labels: dict[str, tuple[str, tuple[str, ...]]] = {}  # method -> stage, labels
+    single: list[str] = []
+    for model, arr in em.items():
+        v = parse_variant(model)
+        if v.seed is None:
+            single.append(model)
+        else:
+            groups[(v.method, v.budget)][v.seed] = arr
+            labels[v.method] = (v.stage, v.labels)
+    if not any(labels[method][0] == baseline for method, _ in groups):
+        return ""
+
+    def baseline_of(method: str, budget: float | None) -> dict[int, np.ndarray]:
+        """The baseline's runs at the same budget whose other labels (world,
+        regime) the method's include; the most specific one."""
+        own = set(labels[method][1])
+        fits = [
+            (len(labels[m][1]), runs)
+            for (m, b), runs in groups.items()
+            if labels[m][0] == baseline and b == budget and set(labels[m][1]) <= own
+        ]
+        return max(fits, key=lambda t: t[0])[1] if fits else {}
+
+    lines = [
+        f"Mean EM (mean of family means) and the paired difference against "
+        f"`{baseline}` at the same budget, seed and other labels (95% bootstrap "
+        "over seeds and records; n.s.: the interval holds 0).",
+        "",
+        "| model | budget | seeds | mean EM | − baseline [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m} | – | – | {_mean_em(em[m], fam, names):.3f} | – |" for m in single
+    ]
+    per_family: list[str] = []
+    for (method, label), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][1] or 0.0, kv[0][0])
+    ):
+        ems = [_mean_em(a, fam, names) for a in runs.values()]
+        spread = float(np.std(ems, ddof=1)) if len(ems) > 1 else 0.0
+        cell = "–"
+        base_runs = baseline_of(method, label)
+        if labels[method][0] != baseline and set(runs) & set(base_runs):
+            d = paired_difference(runs, base_runs, list(fam), n_boot)
+            cell = _cell(d["mean"], "+.3f")
+            per_family.append(
+                f"| {method} | {'–' if label is None else f'{label:g}'} | "
+                + " | ".join(_cell(d[f], "+.2f") for f in names)
+                + " |"
+            )
+        lines.append(
+            f"| {method} | {'–' if label is None else f'{label:g}'} | {len(runs)} | "
+            f"{np.mean(ems):.3f} ± {spread:.3f} | {cell} |"
+        )
+    if per_family:
+        lines += [
+            "",
+            f"Per family, difference against `{baseline}` [95% CI]:",
+            "",
+            "| model | budget | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+            *per_family,
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def selection_table(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Markdown: one row per select output (node name, its ``selection.json``):
+    clusters K and their ARI against the families, records selected, corrupted
+    records taken (noisy pools) against random's 95% range, and the records the
+    noise filter flagged (of them corrupted)."""
+    lines = [
+        "| select node | method | K | ARI vs families | selected | "
+        "corrupted selected | random: expected [95% range] | flagged (corrupted) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rep in reports:
+        ari = rep.get("ari_vs_family")
+        bad = int(rep.get("corrupted_in_pool", 0))
+        rnd = "–"
+        if bad:
+            m, lo, hi = random_corrupted_range(rep["pool_size"], bad, rep["selected"])
+            rnd = f"{m:.1f} [{lo}, {hi}]"
+        flagged = (
+            f"{rep['noise_flagged']} ({rep['noise_flagged_corrupted']})"
+            if "noise_flagged" in rep
+            else "–"
+        )
+        taken = f"{rep.get('corrupted_selected', 0)} / {bad}" if bad else "–"
+        lines.append(
+            f"| {name} | {rep.get('method', '–')} | {rep.get('k', '–')} | "
+            f"{'–' if ari is None else f'{ari:.3f}'} | {rep['selected']} | "
+            f"{taken} | {rnd} | {flagged} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def study_sections(graph: Any, layout: Any, owned: Any) -> list[tuple[str, str]]:
+    """(title, Markdown) of the study tables of a run: a sweep table per
+    evaluate output when the declaration names ``report.baseline``, and one
+    selection table over the select outputs. ``owned(node)`` says whether the
+    node's output folder holds this declaration's results."""
+    spec = graph.decl.header.report
+    out: list[tuple[str, str]] = []
+    selections = []
+    for node in graph.nodes.values():
+        if not owned(node):
+            continue
+        folder = layout.out(node.name)
+        if (
+            node.kind == "evaluate"
+            and spec.baseline
+            and (folder / "predictions").is_dir()
+        ):
+            em, fams = read_em(folder)
+            text = sweep_table(em, fams, spec.baseline, spec.bootstrap)
+            if text:
+                out.append((f"Study: {node.name} against {spec.baseline}", text))
+        if node.kind == "select" and (folder / "selection.json").exists():
+            selections.append(
+                (node.name, json.loads((folder / "selection.json").read_text()))
+            )
+    if selections:
+        out.append(("Selections", selection_table(selections)))
+    return out

@@ -1,0 +1,190 @@
+"""Study tables of `carp report`: a seed-and-budget sweep against a declared
+baseline (paired differences that find a planted gain and call a null n.s.),
+the select outputs' ARI and corrupted records, and the report of a declared
+study built from its folders."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.cli import main
+from stages.evaluate.study import read_em, selection_table, sweep_table
+
+
+def sweep(rng: np.random.Generator, gain: float) -> tuple[dict, list[str]]:
+    """base, and rec_random / rec_good / rec_same at budgets 0.1 and 0.2 with
+    3 seeds over 2 families x 300 records; rec_good gains ``gain`` on family
+    ``a`` (records that are wrong for random turned right)."""
+    fams = ["a"] * 300 + ["b"] * 300
+    em = {"base": (rng.random(600) < 0.9).astype(float)}
+    for budget in ("0.1", "0.2"):
+        for s in range(3):
+            rnd = (rng.random(600) < 0.5).astype(float)
+            good = rnd.copy()
+            wrong_a = np.flatnonzero(rnd[:300] == 0)
+            good[wrong_a[: int(gain * 300)]] = 1.0
+            em[f"rec_random@{budget}-s{s}"] = rnd
+            em[f"rec_good@{budget}-s{s}"] = good
+            em[f"rec_same@{budget}-s{s}"] = rnd.copy()
+    return em, fams
+
+
+def row(table: str, model: str, label: str) -> list[str]:
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == [model, label]:
+            return cells
+    raise AssertionError(f"no row {model} {label} in\n{table}")
+
+
+def test_sweep_table_finds_a_planted_gain_and_calls_a_null_not_significant():
+    em, fams = sweep(np.random.default_rng(0), gain=0.2)
+    table = sweep_table(em, fams, "rec_random", n_boot=500)
+    for budget in ("0.1", "0.2"):
+        good = row(table, "rec_good", budget)
+        assert good[2] == "3"  # seeds
+        diff = re.match(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", good[4])
+        assert diff, good[4]
+        point, lo, hi = map(float, diff.groups())
+        assert point == pytest.approx(0.1, abs=1e-9)  # +0.2 on one of 2 families
+        assert 0 < lo < point < hi
+        assert row(table, "rec_same", budget)[4] == "+0.000 [+0.000, +0.000] n.s."
+        assert row(table, "rec_random", budget)[4] == "–"
+    assert (
+        row(table, "base", "–")[3]
+        == f"{np.mean([em['base'][:300].mean(), em['base'][300:].mean()]):.3f}"
+    )
+    per_family = table.split("Per family")[1]
+    cells = row(per_family, "rec_good", "0.1")
+    assert cells[2].startswith("+0.20 [") and not cells[2].endswith("n.s.")
+    assert cells[3] == "+0.00 [+0.00, +0.00] n.s."
+
+
+def test_sweep_table_is_empty_without_the_baseline_among_the_models():
+    em, fams = sweep(np.random.default_rng(1), gain=0.1)
+    assert sweep_table(em, fams, "rec_missing", n_boot=100) == ""
+
+
+def test_selection_table_counts_corrupted_records_against_randoms_range():
+    table = selection_table(
+        [
+            (
+                "sel_paser",
+                {
+                    "method": "paser",
+                    "k": 7,
+                    "ari_vs_family": 0.5123,
+                    "selected": 100,
+                    "pool_size": 1000,
+                    "corrupted_in_pool": 100,
+                    "corrupted_selected": 0,
+                    "noise_flagged": 40,
+                    "noise_flagged_corrupted": 30,
+                },
+            ),
+            ("sel_random", {"method": "random", "selected": 100, "pool_size": 1000}),
+        ]
+    )
+    paser = row(table, "sel_paser", "paser")
+    assert paser[2:] == ["7", "0.512", "100", "0 / 100", paser[6], "40 (30)"]
+    mean, lo, hi = map(float, re.findall(r"[\d.]+", paser[6]))
+    assert mean == pytest.approx(10.0) and lo < 10 < hi and lo > 0
+    assert row(table, "sel_random", "random")[2:] == ["–", "–", "100", "–", "–", "–"]
+
+
+def write_predictions(folder: Path, em: dict, fams: list[str]) -> None:
+    (folder / "predictions").mkdir(parents=True)
+    for model, arr in em.items():
+        rows = [
+            {"id": f"r{i:04d}", "family": f, "em": float(v)}
+            for i, (f, v) in enumerate(zip(fams, arr, strict=True))
+        ]
+        rows.reverse()  # read_em orders by id
+        (folder / "predictions" / f"{model}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+
+
+def test_read_em_refuses_models_scored_on_other_records(tmp_path: Path):
+    write_predictions(tmp_path, {"a": np.ones(3)}, ["x", "y", "x"])
+    em, fams = read_em(tmp_path)
+    assert fams == ["x", "y", "x"] and em["a"].tolist() == [1, 1, 1]
+    (tmp_path / "predictions" / "b.jsonl").write_text(
+        json.dumps({"id": "zz", "family": "x", "em": 1}) + "\n"
+    )
+    with pytest.raises(ValueError, match="b.jsonl: scored on other records"):
+        read_em(tmp_path)
+
+
+STUDY = """\
+pipeline: study
+report: {baseline: rec_random, bootstrap: 200}
+stages:
+  world: {kind: world}
+  base: {kind: pretrain, data: world}
+  random:
+    {kind: select, method: random, pool: world, matrix: {budget: [0.1, 0.2]},
+     seeds: [0, 1, 2]}
+  rec_random: {kind: recover, method: full, model: base, data: random}
+  rec_good: {kind: recover, method: full, model: base, data: random}
+  rec_same: {kind: recover, method: full, model: base, data: random}
+  eval: {kind: evaluate, models: [base, rec_random, rec_good, rec_same], data: world}
+"""
+
+
+def test_report_of_a_declared_study_prints_and_writes_its_tables(
+    tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(STUDY)
+    em, fams = sweep(np.random.default_rng(2), gain=0.2)
+    out = tmp_path / "artifacts" / "eval"
+    write_predictions(out, em, fams)
+    (out / "table.md").write_text("| model | mean EM |\n|---|---|\n| base | 0.9 |\n")
+    sel = tmp_path / "artifacts" / "random@0.1-s0"
+    sel.mkdir(parents=True)
+    (sel / "selection.json").write_text(
+        json.dumps({"method": "random", "selected": 5, "pool_size": 50})
+    )
+    assert main(["report", "study.yaml", "--html", "r.html", "--md", "r.md"]) == 0
+    printed = capsys.readouterr().out
+    md = (tmp_path / "r.md").read_text()
+    for text in (printed, md, (tmp_path / "r.html").read_text()):
+        assert "Study: eval against rec_random" in text
+        assert "rec_good" in text and "random@0.1-s0" in text
+    assert row(md, "rec_same", "0.2")[4].endswith("n.s.")
+    # another declaration's select output is left out and named
+    (sel / "carp.json").write_text(json.dumps({"pipeline": "other"}))
+    assert main(["report", "study.yaml", "--html", "r.html", "--md", "r.md"]) == 0
+    captured = capsys.readouterr()
+    assert "random@0.1-s0" not in captured.out
+    assert "holds pipeline 'other'" in captured.err
+
+
+def test_report_baseline_must_name_a_stage(tmp_path: Path, capsys):
+    f = tmp_path / "study.yaml"
+    f.write_text(STUDY.replace("baseline: rec_random", "baseline: rec_randm"))
+    assert main(["validate", str(f)]) != 0
+    err = capsys.readouterr().err
+    assert "report.baseline" in err and "did you mean 'rec_random'?" in err
+
+
+def test_sweep_table_compares_within_the_same_world_and_regime():
+    """Labels besides budget and seed (world seed, pruning regime) must match:
+    rec_x of regime 2_4 is compared with rec_random of 2_4, not unstructured."""
+    rng = np.random.default_rng(3)
+    fams = ["a"] * 200 + ["b"] * 200
+    em = {}
+    for regime, level in (("unstructured", 0.9), ("2_4", 0.3)):
+        for s in range(3):
+            rnd = (rng.random(400) < level).astype(float)
+            em[f"rec_random@s1-{regime}-0.1-s{s}"] = rnd
+            em[f"rec_x@s1-{regime}-0.1-s{s}"] = rnd.copy()
+    table = sweep_table(em, fams, "rec_random", n_boot=200)
+    for regime in ("unstructured", "2_4"):
+        assert row(table, f"rec_x@s1-{regime}", "0.1")[4].startswith("+0.000 [")
