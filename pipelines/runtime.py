@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -89,6 +91,7 @@ def input_folders(graph: Graph, node: Node, layout: Layout) -> dict[str, Any]:
         paths = []
         for r in refs:
             p = layout.out(r)
+            restore_interrupted(p)
             if read_manifest(p) is None:
                 raise StageError(
                     f"stage '{node.name}': input '{field}' needs '{r}', but {p} holds "
@@ -123,13 +126,64 @@ def volatile(manifest: dict[str, Any]) -> list[str]:
     return [*manifest.get("plots", []), *manifest.get("reports", [])]
 
 
+def _leftovers(dest: Path, kinds: str = "tmp|trash") -> list[Path]:
+    """``.tmp-``/``.trash-`` folders of ``dest`` (a killed run's)."""
+    pattern = re.compile(rf"\.({kinds})-{re.escape(dest.name)}-[0-9a-f]{{8}}")
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _complete(folder: Path) -> bool:
+    """A published folder still whole: an output matching its manifest (file
+    sizes), or a report folder with its metrics."""
+    man = read_manifest(folder)
+    if man is not None:
+        return _unchanged(folder, man, str(man.get("fingerprint")))[0]
+    return (folder / "metrics.json").is_file()
+
+
+def restore_interrupted(dest: Path) -> bool:
+    """A publish killed (SIGKILL) between its two renames leaves ``dest``
+    missing and the last good output in ``.trash-<name>-*``: rename it back.
+    True when it did."""
+    if dest.exists():
+        return False
+    for trash in _leftovers(dest, "trash"):
+        if _complete(trash):
+            os.replace(trash, dest)
+            log.info("restored %s (its last publish was interrupted)", dest)
+            return True
+    return False
+
+
 def clean_stale(dest: Path) -> None:
-    """Remove ``.tmp-``/``.trash-`` folders a killed run of this node left."""
-    pattern = re.compile(rf"\.(tmp|trash)-{re.escape(dest.name)}-[0-9a-f]{{8}}")
-    if dest.parent.is_dir():
-        for p in dest.parent.iterdir():
-            if pattern.fullmatch(p.name):
-                shutil.rmtree(p, ignore_errors=True)
+    """Put back an output a killed publish left aside (see
+    :func:`restore_interrupted`), then remove the ``.tmp-``/``.trash-`` folders
+    a killed run of this node left."""
+    restore_interrupted(dest)
+    for p in _leftovers(dest):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM/SIGINT arriving in the block take effect when it ends (main
+    thread; elsewhere Python raises them in the main thread anyway), so an
+    interrupt never lands between the renames of a publish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, lambda n, f: got.append(n)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def _publish(tmp: Path, dest: Path) -> None:
@@ -342,8 +396,9 @@ def execute(prep: Prepared, layout: Layout, tmp: Path, stage: Any) -> StageResul
 def publish(prep: Prepared, layout: Layout, tmp: Path, result: StageResult) -> None:
     """Swap the finished folder into artifacts/<node>, then reports/<node>."""
     out = layout.out(prep.node.name)
-    _publish(tmp, out)
-    _write_report(layout, prep.node, out, result.plots)
+    with _signals_held():
+        _publish(tmp, out)
+        _write_report(layout, prep.node, out, result.plots)
 
 
 def end_status(e: BaseException | None) -> str:
@@ -380,9 +435,11 @@ def run_node(
     from the same cache key is kept and the stage is skipped (the Prefect path;
     DVC decides staleness itself).
     """
+    out = layout.out(name)
+    clean_stale(out)
+    clean_stale(layout.report(name))
     check_owner(graph, layout, [name])
     prep = prepare(graph, name, layout)
-    out = layout.out(name)
     if not force and is_current(layout, prep.node, prep.key):
         log.info("stage %s unchanged (cache key %s): skipped", name, prep.key)
         return read_manifest(out) or {}
@@ -392,8 +449,6 @@ def run_node(
         for k, v in prep.node.params.model_dump(mode="json").items()
     }
     stage = run.stage(name, tags, params)
-    clean_stale(out)
-    clean_stale(layout.report(name))
     tmp = out.with_name(f".tmp-{name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     t0 = time.time()

@@ -199,6 +199,64 @@ def test_carp_stage_ends_its_parent_and_sigterm_keeps_the_last_output(
     assert signal.getsignal(signal.SIGTERM) == before  # carp's handler removed
 
 
+def test_sigterm_between_the_renames_of_a_publish_waits_for_them(
+    tmp_path, toy_kinds, monkeypatch, capsys
+):
+    """A SIGTERM that lands after the old output was moved aside and before
+    the new one took its place takes effect once both (and the report) are in
+    place: exit 143 with a complete output, never a missing one."""
+    import pipelines.runtime as runtime
+
+    monkeypatch.chdir(tmp_path)
+    f = str(_toy(tmp_path))
+    assert main(["stage", "a", "--file", f, "--no-track"]) == 0
+    out = tmp_path / "artifacts" / "a"
+    rename = os.replace
+
+    def replace(src, dst):
+        rename(src, dst)
+        if Path(src) == out:  # the old output moved aside: mid-publish
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runtime.os, "replace", replace)
+    assert main(["stage", "a", "--file", f, "--no-track"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    man = runtime.read_manifest(out)
+    assert man is not None, "the SIGTERM left the output missing"
+    assert runtime.folder_fingerprint(out, runtime.volatile(man)) == man["fingerprint"]
+    assert (tmp_path / "reports" / "a" / "metrics.json").exists()
+    assert not list((tmp_path / "artifacts").glob(".t*"))
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_output_a_sigkilled_publish_left_aside_is_put_back(
+    whole, tmp_path, toy_kinds, monkeypatch, capsys
+):
+    """SIGKILL between the two renames of a publish leaves the last good output
+    in ``.trash-<node>-*``: the next stage that reads it renames it back (a
+    damaged one is not), and the node's own next run cleans up."""
+    monkeypatch.chdir(tmp_path)
+    f = str(_toy(tmp_path))
+    assert main(["stage", "a", "--file", f, "--no-track"]) == 0
+    art = tmp_path / "artifacts"
+    good = (art / "a" / "carp.json").read_text()
+    os.replace(art / "a", art / ".trash-a-0123abcd")  # the killed publish
+    (art / ".tmp-a-4567cdef").mkdir()  # and its new folder
+    if not whole:  # a file lost: not the last good output any more
+        next(p for p in (art / ".trash-a-0123abcd").rglob("*.jsonl")).unlink()
+    rc = main(["stage", "b", "--file", f, "--no-track"])
+    if whole:
+        assert rc == 0
+        assert (art / "a" / "carp.json").read_text() == good
+    else:
+        assert rc == 1
+        assert "run `dvc repro a`" in capsys.readouterr().err
+        assert not (art / "a").exists()
+    assert main(["stage", "a", "--file", f, "--no-track"]) == 0
+    left = sorted(p.name for p in art.iterdir())
+    assert left == (["a", "b"] if whole else ["a"])
+
+
 # -- slow: a DVC project on real stages; a SIGKILLed `carp run` --------------
 
 FAULTS_DECL = """\
