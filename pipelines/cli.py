@@ -186,12 +186,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     graph = _load_graph(args.file)
     layout = Layout(Path.cwd())
-    report = pipeline_report(graph, layout)
+    stage = (args.baseline or "").partition("@")[0]
+    if args.baseline and stage not in graph.decl.stages:
+        from pipelines.spec import Issue, did_you_mean
+
+        hint = did_you_mean(stage, sorted(graph.decl.stages))
+        raise DeclarationError(
+            args.file, [Issue("--baseline", f"no stage named '{stage}'{hint}")]
+        )
+    report = pipeline_report(graph, layout, args.baseline)
     for line in report.skipped:
         print(line, file=sys.stderr)
-    if not report.tables:
+    if not report.sections:
         print(
-            "no evaluation tables yet: run `dvc repro` or `carp run` first",
+            "no evaluation tables or study outputs yet: run `dvc repro` or "
+            "`carp run` first",
             file=sys.stderr,
         )
         return 1
@@ -341,6 +350,11 @@ def parser() -> argparse.ArgumentParser:
         "--md",
         default="reports/report.md",
         help="the same tables as Markdown (default: %(default)s)",
+    )
+    s.add_argument(
+        "--baseline",
+        help="compare swept models with this stage (or stage@labels, e.g. "
+        "rec_paser@faithful) instead of the declared report.baseline",
     )
     s.set_defaults(fn=cmd_report)
     return p

@@ -33,10 +33,11 @@ class ReportSpec(BaseModel):
 
     baseline: str | None = Field(
         None,
-        description="A swept model stage (e.g. `rec_random`): every other swept "
-        "model of an evaluate stage is compared with this stage's variant of the "
-        "same budget and seed labels (paired bootstrap over seeds and records, "
-        "overall and per family).",
+        description="A swept model stage (e.g. `rec_random`, or `stage@labels` "
+        "such as `rec_paser@faithful`): every other swept model of an evaluate "
+        "stage is compared with this stage's variant of the same budget, seed and "
+        "other labels (paired bootstrap over seeds and records, overall and per "
+        "family).",
     )
     bootstrap: int = Field(
         2000, strict=True, ge=100, le=100_000, description="Bootstrap replicates."
@@ -739,6 +740,7 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
     _check_inputs(stages, kinds, issues)
     _check_budgets(stages, issues)
     baseline = header.report.baseline if header is not None else None
+    baseline = baseline.partition("@")[0] if baseline is not None else None
     if baseline is not None and baseline not in stages_raw:
         issues.append(
             Issue(

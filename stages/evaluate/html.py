@@ -202,19 +202,22 @@ class PipelineReport:
     skipped: list[str]  # output folders that hold another declaration's results
 
     def markdown(self) -> str:
-        body = "\n".join(f"## {s.title}\n\n{s.markdown}" for s in self.sections)
-        return f"# {self.title}\n\n{body}\n{FOOTER}\n"
+        body = "".join(
+            f"## {s.title}\n\n{s.markdown.rstrip()}\n\n" for s in self.sections
+        )
+        return f"# {self.title}\n\n{body}{FOOTER}\n"
 
     def html(self) -> str:
         return build_page(self.title, self.sections, footer=FOOTER)
 
 
-def pipeline_report(graph, layout) -> PipelineReport:
+def pipeline_report(graph, layout, baseline: str | None = None) -> PipelineReport:
     """The report of a pipeline run (``graph``: a built declaration,
     ``layout``: its folders) from whatever outputs of this pipeline exist: an
     output folder another declaration wrote is left out and named in
     ``skipped``. Evaluation tables, the study tables (``stages.evaluate.study``)
-    and training-loss curves."""
+    and training-loss curves; ``baseline`` overrides the declared
+    ``report.baseline``."""
     import json
 
     from stages.evaluate.study import study_sections
@@ -254,7 +257,8 @@ def pipeline_report(graph, layout) -> PipelineReport:
             ] = csv_file
     sections = pipeline_sections(evaluations, curves)
     studies = [
-        Section(title, text) for title, text in study_sections(graph, layout, owned)
+        Section(title, text)
+        for title, text in study_sections(graph, layout, owned, baseline)
     ]
     sections[len(evaluations) : len(evaluations)] = studies
     return PipelineReport(f"carp report: {mine}", sections, len(evaluations), skipped)

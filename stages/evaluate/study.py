@@ -71,8 +71,10 @@ def sweep_table(
     """Markdown: mean EM (mean of family means) of every model; for the seed
     variants of a swept stage, mean ± std over seeds and the paired difference
     against ``baseline``'s variants with the same other labels and seeds;
-    then the same differences per family. Empty when ``baseline`` has no seed
-    variant among the models."""
+    then the same differences per family. ``baseline`` is a stage
+    (``rec_random``) or a stage with labels (``rec_paser@faithful``: the
+    variants carrying those labels). Empty when it has no seed variant among
+    the models."""
     fam = np.asarray(families)
     names = sorted(set(fam.tolist()))
     groups: dict[tuple[str, float | None], dict[int, np.ndarray]] = defaultdict(dict)
@@ -85,7 +87,14 @@ def sweep_table(
         else:
             groups[(v.method, v.budget)][v.seed] = arr
             labels[v.method] = (v.stage, v.labels)
-    if not any(labels[method][0] == baseline for method, _ in groups):
+    b_stage, _, b_label = baseline.partition("@")
+    b_labels = set(b_label.split("-")) if b_label else set()
+
+    def is_baseline(method: str) -> bool:
+        stage, own = labels[method]
+        return stage == b_stage and b_labels <= set(own)
+
+    if not any(is_baseline(method) for method, _ in groups):
         return ""
 
     def baseline_of(method: str, budget: float | None) -> dict[int, np.ndarray]:
@@ -95,7 +104,7 @@ def sweep_table(
         fits = [
             (len(labels[m][1]), runs)
             for (m, b), runs in groups.items()
-            if labels[m][0] == baseline and b == budget and set(labels[m][1]) <= own
+            if is_baseline(m) and b == budget and set(labels[m][1]) - b_labels <= own
         ]
         return max(fits, key=lambda t: t[0])[1] if fits else {}
 
@@ -118,7 +127,7 @@ def sweep_table(
         spread = float(np.std(ems, ddof=1)) if len(ems) > 1 else 0.0
         cell = "–"
         base_runs = baseline_of(method, label)
-        if labels[method][0] != baseline and set(runs) & set(base_runs):
+        if not is_baseline(method) and set(runs) & set(base_runs):
             d = paired_difference(runs, base_runs, list(fam), n_boot)
             cell = _cell(d["mean"], "+.3f")
             per_family.append(
@@ -173,12 +182,16 @@ def selection_table(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_sections(graph: Any, layout: Any, owned: Any) -> list[tuple[str, str]]:
+def study_sections(
+    graph: Any, layout: Any, owned: Any, baseline: str | None = None
+) -> list[tuple[str, str]]:
     """(title, Markdown) of the study tables of a run: a sweep table per
     evaluate output when the declaration names ``report.baseline``, and one
     selection table over the select outputs. ``owned(node)`` says whether the
-    node's output folder holds this declaration's results."""
+    node's output folder holds this declaration's results; ``baseline``
+    overrides the declared one."""
     spec = graph.decl.header.report
+    baseline = baseline or spec.baseline
     out: list[tuple[str, str]] = []
     selections = []
     for node in graph.nodes.values():
@@ -191,9 +204,9 @@ def study_sections(graph: Any, layout: Any, owned: Any) -> list[tuple[str, str]]
             and (folder / "predictions").is_dir()
         ):
             em, fams = read_em(folder)
-            text = sweep_table(em, fams, spec.baseline, spec.bootstrap)
+            text = sweep_table(em, fams, baseline, spec.bootstrap)
             if text:
-                out.append((f"Study: {node.name} against {spec.baseline}", text))
+                out.append((f"Study: {node.name} against {baseline}", text))
         if node.kind == "select" and (folder / "selection.json").exists():
             selections.append(
                 (node.name, json.loads((folder / "selection.json").read_text()))

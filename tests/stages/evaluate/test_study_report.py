@@ -188,3 +188,37 @@ def test_sweep_table_compares_within_the_same_world_and_regime():
     table = sweep_table(em, fams, "rec_random", n_boot=200)
     for regime in ("unstructured", "2_4"):
         assert row(table, f"rec_x@s1-{regime}", "0.1")[4].startswith("+0.000 [")
+
+
+def test_a_baseline_can_name_labels_of_a_stage():
+    """``rec_paser@faithful``: the faithful variants are the baseline, the
+    other modes of the same stage are compared with them."""
+    rng = np.random.default_rng(4)
+    fams = ["a"] * 200 + ["b"] * 200
+    em = {}
+    for s in range(3):
+        faithful = (rng.random(400) < 0.5).astype(float)
+        carp = faithful.copy()
+        carp[np.flatnonzero(faithful[:200] == 0)[:40]] = 1.0
+        em[f"rec_paser@faithful-0.1-s{s}"] = faithful
+        em[f"rec_paser@carp-0.1-s{s}"] = carp
+    table = sweep_table(em, fams, "rec_paser@faithful", n_boot=200)
+    assert row(table, "rec_paser@carp", "0.1")[4].startswith("+0.100 [")
+    assert row(table, "rec_paser@faithful", "0.1")[4] == "–"
+
+
+def test_report_baseline_on_the_command_line_overrides_and_is_checked(
+    tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(STUDY)
+    em, fams = sweep(np.random.default_rng(5), gain=0.2)
+    out = tmp_path / "artifacts" / "eval"
+    write_predictions(out, em, fams)
+    (out / "table.md").write_text("| model | mean EM |\n|---|---|\n| base | 0.9 |\n")
+    assert main(["report", "study.yaml", "--baseline", "rec_good"]) == 0
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "Study: eval against rec_good" in md
+    assert row(md, "rec_random", "0.1")[4].startswith("-0.100 [")
+    assert main(["report", "study.yaml", "--baseline", "rec_god"]) != 0
+    assert "did you mean 'rec_good'?" in capsys.readouterr().err
