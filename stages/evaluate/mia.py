@@ -74,15 +74,42 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
 
 
+def group_counts(
+    rng: Any, groups: Sequence[Any] | None, n: int, n_resamples: int
+) -> Any:
+    """How often each of ``n`` items is drawn in each of ``n_resamples``
+    bootstrap resamples, (B, n): items resampled one by one (``groups`` None),
+    or whole groups (a cluster bootstrap: a group's items share one draw count,
+    so items that are not independent, such as the records of one person,
+    do not pass for independent evidence)."""
+    import numpy as np
+
+    if groups is None:
+        return rng.multinomial(n, [1 / n] * n, size=n_resamples)
+    if len(groups) != n:
+        raise ValueError(f"groups: {len(groups)} labels for {n} scores")
+    names = sorted(set(groups), key=str)
+    index = np.asarray([names.index(g) for g in groups])
+    k = len(names)
+    return rng.multinomial(k, [1 / k] * k, size=n_resamples)[:, index]
+
+
 def bootstrap_aucs(
-    members: Any, nonmembers: Any, seed: Any, n_resamples: int = 2000
+    members: Any,
+    nonmembers: Any,
+    seed: Any,
+    n_resamples: int = 2000,
+    member_groups: Sequence[Any] | None = None,
+    nonmember_groups: Sequence[Any] | None = None,
 ) -> Any:
     """ROC AUC of each of K scorers under the same ``n_resamples`` bootstrap
-    resamples of members and non-members (drawn separately, so both keep their
-    sizes): members (K, P), nonmembers (K, N) -> (K, B). The same resamples for
-    every scorer make differences between them paired. AUC is the
-    Mann-Whitney statistic (what ``roc_auc_score`` computes, ties count 1/2),
-    from the resample counts: c_pᵀ·[s_p > s_n + ½·(s_p = s_n)]·c_n / (P·N)."""
+    resamples of members and non-members (drawn separately): members (K, P),
+    nonmembers (K, N) -> (K, B). The same resamples for every scorer make
+    differences between them paired. With ``*_groups`` (one label per record,
+    e.g. the person a fact is about) whole groups are resampled
+    (``group_counts``). AUC is the Mann-Whitney statistic (what
+    ``roc_auc_score`` computes, ties count 1/2), from the resample counts:
+    c_pᵀ·[s_p > s_n + ½·(s_p = s_n)]·c_n / (Σc_p·Σc_n)."""
     import numpy as np
 
     pos = np.asarray(members, dtype=np.float64)
@@ -91,10 +118,10 @@ def bootstrap_aucs(
         pos[:, :, None] == neg[:, None, :]
     )  # (K, P, N)
     rng = np.random.default_rng(seed)
-    n_pos, n_neg = pos.shape[1], neg.shape[1]
-    c_pos = rng.multinomial(n_pos, [1 / n_pos] * n_pos, size=n_resamples)  # (B, P)
-    c_neg = rng.multinomial(n_neg, [1 / n_neg] * n_neg, size=n_resamples)  # (B, N)
-    return np.einsum("bp,kpn,bn->kb", c_pos, wins, c_neg) / (n_pos * n_neg)
+    c_pos = group_counts(rng, member_groups, pos.shape[1], n_resamples)  # (B, P)
+    c_neg = group_counts(rng, nonmember_groups, neg.shape[1], n_resamples)  # (B, N)
+    norm = c_pos.sum(1) * c_neg.sum(1)  # (B,)
+    return np.einsum("bp,kpn,bn->kb", c_pos, wins, c_neg) / norm
 
 
 def percentile_interval(values: Any, confidence: float = 0.95) -> tuple[float, float]:

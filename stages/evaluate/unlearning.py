@@ -8,21 +8,26 @@ first half of each forget document), ``unlearn/knowmem_forget`` and
 ``unlearn/knowmem_retain`` (ROUGE-L of the answers to the facts as questions),
 ``unlearn/em_forget``, ``unlearn/em_retain``, ``unlearn/nll_forget``,
 ``unlearn/mink_auc`` and ``unlearn/minkpp_auc`` (with a holdout.jsonl).
+Membership scores read the response tokens by default (``mia_tokens``): the
+tokens the unlearning losses train on; ``document`` adds the prompt, whose
+person's name no method unlearns.
 Each with a 95% interval (``_lo``/``_hi``): a record bootstrap of the mean for
-the ROUGE and NLL means, Wilson for exact match, a bootstrap of members and
-non-members for the AUCs. The per-record membership scores go to
-``membership/<model>.jsonl``; ``compare`` reads them for a paired bootstrap
-interval of PrivLeak (model and oracle on the same resamples).
+the ROUGE and NLL means, Wilson for exact match, a bootstrap of the forget and
+holdout *people* for the AUCs (a person's records are not independent). The
+per-record membership scores go to ``membership/<model>.jsonl``; ``compare``
+reads them for a paired bootstrap interval of PrivLeak (model and oracle on the
+same resamples).
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
 from stages.common.io import read_jsonl
-from stages.common.text import encode_example
+from stages.common.text import IGNORE_INDEX, encode_example
 from stages.evaluate.generation import greedy_generate, left_pad
 from stages.evaluate.intervals import rng_seed, stratified_bootstrap, wilson
 from stages.evaluate.mia import (
@@ -44,9 +49,18 @@ def model_files(name: str) -> list[str]:
     return [f"membership/{name}.jsonl"]
 
 
-def _records(world_dir: Path, name: str, limit: int | None) -> list[dict[str, Any]]:
+def _records(
+    world_dir: Path, name: str, limit: int | None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The records of ``<name>.jsonl``; with ``limit``, a seeded sample of that
+    many in file order. Not the first ``limit``: the files list each person's
+    facts together, so a prefix would hold only the first few people."""
     f = Path(world_dir) / f"{name}.jsonl"
-    return list(read_jsonl(f))[:limit] if f.exists() else []
+    recs = list(read_jsonl(f)) if f.exists() else []
+    if limit is None or limit >= len(recs):
+        return recs
+    keep = random.Random(f"{seed}:unlearning:{name}").sample(range(len(recs)), limit)
+    return [recs[i] for i in sorted(keep)]
 
 
 def document_ids(tok: Any, rec: dict[str, Any]) -> list[int]:
@@ -54,17 +68,34 @@ def document_ids(tok: Any, rec: dict[str, Any]) -> list[int]:
     return encode_example(tok, rec, 10**6)[0]
 
 
+def scored_positions(ids: list[int], labels: list[int], tokens: str) -> list[int]:
+    """Indices into a record's next-token targets (``ids[1:]``; ``ids``,
+    ``labels`` from ``encode_example``) that the membership scores read: every
+    token (``document``) or the response and eos (``response``: the tokens
+    every unlearning loss trains on; the prompt names the person, which no
+    method unlearns)."""
+    if tokens == "document":
+        return list(range(len(ids) - 1))
+    return [i for i, lab in enumerate(labels[1:]) if lab != IGNORE_INDEX]
+
+
 def membership_scores(
-    model: Any, tok: Any, records: list[dict[str, Any]], k: float, batch_size: int
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    k: float,
+    batch_size: int,
+    tokens: str = "response",
 ) -> tuple[list[float], list[float], list[float]]:
-    """Per record: Min-K% score, Min-K%++ score, mean token NLL (all tokens
-    after bos, as a language model of the record's text)."""
+    """Per record: Min-K% score, Min-K%++ score and mean NLL over the tokens
+    ``scored_positions`` picks."""
     import torch
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     mk, mkpp, nll = [], [], []
     for s in range(0, len(records), batch_size):
-        rows = [document_ids(tok, r) for r in records[s : s + batch_size]]
+        enc = [encode_example(tok, r, 10**6) for r in records[s : s + batch_size]]
+        rows = [r for r, _ in enc]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         att = torch.zeros_like(ids)
@@ -76,6 +107,8 @@ def membership_scores(
         for i, r in enumerate(rows):
             n = len(r)
             tgt, mu, var = token_stats(logits[i, : n - 1], ids[i, 1:n])
+            keep = torch.tensor(scored_positions(r, enc[i][1], tokens))
+            tgt, mu, var = tgt[keep], mu[keep], var[keep]
             mk.append(min_k(tgt.tolist(), k))
             mkpp.append(min_k_plus_plus(tgt.tolist(), mu.tolist(), var.tolist(), k))
             nll.append(-float(tgt.mean()))
@@ -156,11 +189,24 @@ def mean_with_interval(
     return {key: sum(values) / len(values), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
+def subjects(records: list[dict[str, Any]]) -> list[str]:
+    """The person each record is about (its id where it names none): the
+    cluster of the AUC bootstrap."""
+    return [str(r.get("subject") or r["id"]) for r in records]
+
+
 def auc_with_interval(
-    key: str, members: list[float], nonmembers: list[float], seed: list[int]
+    key: str,
+    members: list[float],
+    nonmembers: list[float],
+    seed: list[int],
+    groups: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, float]:
-    """ROC AUC (scikit-learn) and its 95% bootstrap interval."""
-    lo, hi = percentile_interval(bootstrap_aucs([members], [nonmembers], seed)[0])
+    """ROC AUC (scikit-learn) and its 95% bootstrap interval, resampling whole
+    ``groups`` (the people) when given."""
+    g_m, g_n = groups if groups is not None else (None, None)
+    boot = bootstrap_aucs([members], [nonmembers], seed, 2000, g_m, g_n)
+    lo, hi = percentile_interval(boot[0])
     return {key: auc(members, nonmembers), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
@@ -174,7 +220,13 @@ def write_membership(
     with path.open("w", encoding="utf-8") as f:
         for name, (records, mk, mkpp) in sets.items():
             for r, a, b in zip(records, mk, mkpp, strict=True):
-                row = {"set": name, "id": str(r["id"]), "mink": a, "minkpp": b}
+                row = {
+                    "set": name,
+                    "id": str(r["id"]),
+                    "subject": subjects([r])[0],
+                    "mink": a,
+                    "minkpp": b,
+                }
                 f.write(json.dumps(row) + "\n")
 
 
@@ -191,11 +243,12 @@ def score(
     limit = getattr(params, "unlearning_samples", None)
     bs = params.batch_size
     k = getattr(params, "mia_k", 0.4)
-    forget = _records(world_dir, "forget", limit)
+    tokens = getattr(params, "mia_tokens", "response")
+    forget = _records(world_dir, "forget", limit, ctx.seed)
     if not forget:
         raise ValueError(f"data: {Path(world_dir).name} has no forget.jsonl records")
-    retain = _records(world_dir, "retain", limit)
-    holdout = _records(world_dir, "holdout", limit)
+    retain = _records(world_dir, "retain", limit, ctx.seed)
+    holdout = _records(world_dir, "holdout", limit, ctx.seed)
     model.eval()
     seed = rng_seed(ctx.seed, "unlearning")
     out: dict[str, float] = {}
@@ -207,35 +260,41 @@ def score(
         rl, em = knowmem(model, tokenizer, recs, bs)
         out |= mean_with_interval(f"unlearn/knowmem_{split}", rl, seed)
         out |= mean_with_interval(f"unlearn/em_{split}", em, seed, proportion=True)
-    f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs)
+    f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs, tokens)
     out |= mean_with_interval("unlearn/nll_forget", f_nll, seed)
     sets = {"forget": (forget, f_mk, f_pp)}
     if holdout:
-        h_mk, h_pp, h_nll = membership_scores(model, tokenizer, holdout, k, bs)
+        h_mk, h_pp, h_nll = membership_scores(model, tokenizer, holdout, k, bs, tokens)
         out |= mean_with_interval("unlearn/nll_holdout", h_nll, seed)
-        out |= auc_with_interval("unlearn/mink_auc", f_mk, h_mk, seed)
-        out |= auc_with_interval("unlearn/minkpp_auc", f_pp, h_pp, seed)
+        people = (subjects(forget), subjects(holdout))
+        out |= auc_with_interval("unlearn/mink_auc", f_mk, h_mk, seed, people)
+        out |= auc_with_interval("unlearn/minkpp_auc", f_pp, h_pp, seed, people)
         sets["holdout"] = (holdout, h_mk, h_pp)
     if out_dir is not None:
         write_membership(Path(out_dir) / model_files(name)[0], sets)
     return out
 
 
-def read_membership(path: Path, attack: str) -> tuple[list[float], list[float]] | None:
-    """Forget and holdout scores of one attack from a membership file (sorted
-    by id, so two models' files line up), or None when it is missing."""
+Scored = tuple[list[float], list[str]]  # scores and the person of each record
+
+
+def read_membership(path: Path, attack: str) -> tuple[Scored, Scored] | None:
+    """Forget and holdout (scores, people) of one attack from a membership file
+    (sorted by id, so two models' files line up), or None when it is missing."""
     import json
 
     if not path.exists():
         return None
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
-    by_set = {
-        name: [
-            r[attack] for r in sorted(rows, key=lambda r: r["id"]) if r["set"] == name
-        ]
+    rows.sort(key=lambda r: r["id"])
+    forget, holdout = (
+        (
+            [r[attack] for r in rows if r["set"] == name],
+            [str(r.get("subject", r["id"])) for r in rows if r["set"] == name],
+        )
         for name in ("forget", "holdout")
-    }
-    return by_set["forget"], by_set["holdout"]
+    )
+    return forget, holdout
 
 
 def compare(
@@ -247,7 +306,8 @@ def compare(
     """PrivLeak of every model relative to ``oracle`` (MUSE): adds
     ``unlearn/privleak_mink`` and ``unlearn/privleak_minkpp`` in percent, with a
     paired bootstrap interval when both models' membership files are in
-    ``out_dir`` (the same resamples of members and non-members for both)."""
+    ``out_dir`` (the same resamples of the forget and holdout people for
+    both)."""
     import numpy as np
 
     from stages.evaluate.mia import privleak
@@ -268,11 +328,11 @@ def compare(
             scores = [read_membership(f, attack) for f in files]
             if any(s is None for s in scores):
                 continue
-            (fm, hm), (fo, ho) = scores
+            ((fm, gf), (hm, gh)), ((fo, _), (ho, _)) = scores
             if len(fm) != len(fo) or len(hm) != len(ho):
                 continue
             boot = bootstrap_aucs(
-                [fm, fo], [hm, ho], rng_seed(seed, "privleak", attack)
+                [fm, fo], [hm, ho], rng_seed(seed, "privleak", attack), 2000, gf, gh
             )
             with np.errstate(divide="ignore", invalid="ignore"):
                 leak = (boot[0] - boot[1]) / boot[1] * 100.0

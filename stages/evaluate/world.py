@@ -81,10 +81,19 @@ class Params(KindParams):
         "forget set (pretrain with exclude: [forget]); PrivLeak is relative to it.",
     )
     unlearning_samples: int | None = Field(
-        None, ge=1, description="unlearning suite: first N records of each set."
+        None,
+        ge=1,
+        description="unlearning suite: a seeded sample of N records of each set "
+        "(spread over its people).",
     )
     mia_k: float = Field(
         0.4, gt=0, le=1, description="unlearning suite: k of Min-K% / Min-K%++."
+    )
+    mia_tokens: Literal["response", "document"] = Field(
+        "response",
+        description="unlearning suite: tokens Min-K% / Min-K%++ and the NLL read: "
+        "the response (what the unlearning losses train on) or the whole "
+        "document (the prompt names the person).",
     )
     verbmem_prefix: float = Field(
         0.5,
