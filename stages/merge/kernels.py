@@ -148,6 +148,22 @@ def _clamp_rows(x: torch.Tensor, low: list[float], high: float) -> torch.Tensor:
     return out
 
 
+def _pcb_row(
+    row: torch.Tensor, total: torch.Tensor, k: int, clamp_ratio: float, density: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task's (clamped delta, scale) from its delta ``row`` (d,) and the sum
+    of all K deltas ``total`` (d,): every PCB statistic is per task, so a task
+    needs only its own row and the sum (a few (d,) temporaries)."""
+    mag = _clamp_rows(row.abs().unsqueeze(0), [clamp_ratio], clamp_ratio)
+    clamped = row.sign().mul_(mag[0])
+    intra = _minmax(mag).pow_(2).mul_(k).exp_()
+    del mag
+    score = intra.mul_(row.mul(total).tanh_())
+    del intra
+    scale = _minmax(_clamp_rows(score, [1 - density], 0.0))
+    return clamped, scale[0]
+
+
 def pcb_balance(
     deltas: torch.Tensor, densities: list[float], clamp_ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,17 +174,9 @@ def pcb_balance(
     Their product is clamped below at each task's (1 - density) quantile and
     min-max scaled, so the lowest-scoring (1 - density) entries get scale 0."""
     k = deltas.shape[0]
-    # in-place where a temporary is ours: the merge holds K copies of the
-    # largest tensor, so each avoided temporary is a copy of the stack saved
-    mag = _clamp_rows(deltas.abs(), [clamp_ratio] * k, clamp_ratio)
-    clamped = deltas.sign().mul_(mag)
-    intra = _minmax(mag).pow_(2).mul_(k).exp_()
-    del mag
-    inter = deltas.mul(deltas.sum(dim=0, keepdim=True)).tanh_()
-    score = intra.mul_(inter)
-    del inter
-    scale = _minmax(_clamp_rows(score, [1 - d for d in densities], 0.0))
-    return clamped, scale
+    total = deltas.sum(dim=0)
+    rows = [_pcb_row(deltas[i], total, k, clamp_ratio, densities[i]) for i in range(k)]
+    return torch.stack([c for c, _ in rows]), torch.stack([s for _, s in rows])
 
 
 def pcb_merge(
@@ -178,11 +186,21 @@ def pcb_merge(
     clamp_ratio: float,
     lam: float,
 ) -> torch.Tensor:
-    """The PCB-merged task vector: sum_i w_i s_i tau_i / sum_i s_i, times lam."""
+    """The PCB-merged task vector: sum_i w_i s_i tau_i / sum_i s_i, times lam.
+    Task by task (``_pcb_row``), accumulated: beside the (K, d) deltas the
+    peak is a few (d,) vectors, not the K-fold scores and clamped copies."""
     shape = deltas.shape[1:]
     flat = deltas.reshape(deltas.shape[0], -1)
-    clamped, scale = pcb_balance(flat, densities, clamp_ratio)
-    w = weights.to(flat.dtype).unsqueeze(1)
-    merged = clamped.mul_(w).mul_(scale).sum(dim=0)
-    merged.div_(scale.sum(dim=0).clamp(min=1e-12))
-    return (lam * merged).reshape(shape)
+    k = flat.shape[0]
+    total = flat.sum(dim=0)
+    w = weights.to(flat.dtype)
+    # sums accumulate in at least float32 and round once, as torch's sum does
+    acc = torch.promote_types(flat.dtype, torch.float32)
+    merged = torch.zeros_like(total, dtype=acc)
+    den = torch.zeros_like(total, dtype=acc)
+    for i in range(k):
+        clamped, scale = _pcb_row(flat[i], total, k, clamp_ratio, densities[i])
+        merged.add_(clamped.mul_(w[i]).mul_(scale))
+        den.add_(scale)
+    out = merged.to(flat.dtype).div_(den.to(flat.dtype).clamp_(min=1e-12))
+    return (lam * out).reshape(shape)

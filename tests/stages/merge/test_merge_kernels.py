@@ -181,3 +181,18 @@ def test_pcb_lambda_scales(lam):
     assert torch.allclose(
         K.pcb_merge(d, torch.ones(2), [0.5, 0.5], 0.0, lam), lam * one
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pcb_merge_task_by_task_equals_the_whole_stack_formula(dtype):
+    """pcb_merge streams task by task; it must equal sum_i w_i s_i tau_i /
+    sum_i s_i over the whole (K, d) stack from pcb_balance, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(4, 777, generator=g).to(dtype)
+    d[:, :100] = 0
+    w = torch.tensor([0.5, 1.0, 1.5, 0.25])
+    dens = [0.2, 0.5, 0.9, 1.0]
+    clamped, scale = K.pcb_balance(d.clone(), dens, 0.01)
+    ref = (clamped * w.to(dtype).unsqueeze(1) * scale).sum(dim=0)
+    ref = ref / scale.sum(dim=0).clamp(min=1e-12)
+    assert torch.equal(K.pcb_merge(d.clone(), w, dens, 0.01, 0.8), 0.8 * ref)
