@@ -47,6 +47,19 @@ def _records(node: Any, records: dict[str, int]) -> int:
     return 0
 
 
+def _record_tokens(node: Any, tokens: dict[str, int]) -> int:
+    """An upper bound on one record's tokens in what ``node`` writes (0:
+    unknown, so a trainer's ``max_len`` counts): the world's longest phrased
+    record in bytes plus BOS/EOS (a byte-level tokenizer emits at most one token
+    per byte); a selection or a dataset keeps its source's records."""
+    if node.kind == "world":
+        from pipelines.plan.records import longest_document
+
+        return longest_document(node.params) + 2
+    src = {"select": "pool", "dataset": "world"}.get(node.kind)
+    return tokens.get(node.inputs.get(src, ""), 0) if src else 0
+
+
 def _eval_records(node: Any, per_family: int) -> int:
     cap = node.params.max_samples_per_family
     n = min(per_family, cap) if cap else per_family
@@ -74,6 +87,7 @@ def _shape(
             tied=True,
             dtype="float32",
             source="pretrain params",
+            context=max(256, p.max_len),  # as the pretrain kind configures it
         )
     if node.kind == "pretrained":
         return config_of(p.path, root)
@@ -119,6 +133,7 @@ def plan(
     shapes: dict[str, Shape | None] = {}
     records: dict[str, int] = {}
     vocab: dict[str, int] = {}
+    tokens: dict[str, int] = {}
     rows = []
     for node in graph.nodes.values():
         if node.kind == "world":
@@ -132,6 +147,7 @@ def plan(
         # estimators read the model a node loads; the table shows what it makes
         seen = shapes.get(first) if first else shape
         records[node.name] = _records(node, records)
+        tokens[node.name] = _record_tokens(node, tokens)
         fn = ESTIMATORS.get(node.kind)
         needs_model = node.kind in (
             "prune",
@@ -155,13 +171,19 @@ def plan(
             )
             rows.append(Row(node.name, node.kind, method, shape, None, why))
             continue
-        data = node.inputs.get("data") or node.inputs.get("forget") or ""
+        data = (
+            node.inputs.get("data")
+            or node.inputs.get("forget")
+            or node.inputs.get("calib")
+            or ""
+        )
         n = (
             records[node.name]
             if node.kind in ("select", "evaluate")
             else records.get(data if isinstance(data, str) else "", 0)
         )
-        ctx = Context(seen, n, hw, _world(node, hw, root))
+        src = data if isinstance(data, str) else ""
+        ctx = Context(seen, n, hw, _world(node, hw, root), tokens.get(src, 0))
         est = fn(node.params, ctx)
         rows.append(
             Row(node.name, node.kind, method, shape, est, _fits(est, hw, ctx.world))

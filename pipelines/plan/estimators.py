@@ -42,6 +42,13 @@ PYTHON_BASE = 50 * 2**20
 TOKENIZER_TRAIN = 30 * 2**20
 TORCH_BASE = 400 * 2**20
 TRAIN_EXTRA = 150 * 2**20
+# SparseGPT prunes one column at a time (stages/prune/sparsegpt.py): per column
+# 7 small eager tensor ops (CUDA launch / CPU dispatch latency) and a rank-1
+# update of the rows x blocksize/2 rest of its block, read and written in fp32
+# (memory-bound). Latency and bandwidth of a device, order of magnitude.
+SPARSEGPT_STEP_OPS = 7
+OP_SECONDS = {"gpu": 10e-6, "cpu": 20e-6}
+MEMORY_BYTES_PER_S = {"gpu": 1.5e12, "cpu": 5e9}
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,13 @@ class Context:
     records: int  # records of its data input (pool/selection), 0 if none
     hw: Hardware
     world: int = 1  # ranks of a DeepSpeed run
+    record_tokens: int = 0  # bound on one record of its data input (0: unknown)
+
+
+def _seq(max_len: int, ctx: Context) -> int:
+    """Tokens of a padded batch row: batches pad to their longest record, so
+    records shorter than ``max_len`` give shorter rows."""
+    return min(max_len, ctx.record_tokens) if ctx.record_tokens else max_len
 
 
 Estimator = Callable[[Any, Context], Estimate]
@@ -133,11 +147,23 @@ def _activations(s: Shape, tokens: int, seq: int, b: int) -> float:
 def _pretrain(params: Any, ctx: Context) -> Estimate:
     s = ctx.shape
     assert s is not None
-    tokens = params.batch_size * params.max_len
-    mem = 16 * s.params + _activations(s, tokens, params.max_len, 4)
+    seq = _seq(params.max_len, ctx)
+    tokens = params.batch_size * seq
+    mem = 16 * s.params + _activations(s, tokens, seq, 4)
     flops = 6 * s.params * tokens * params.steps
     sec = _seconds(flops, False, ctx.hw)
-    return _finish(False, mem, 0, sec, "fp32 AdamW", TORCH_BASE + TRAIN_EXTRA)
+    detail = f"fp32 AdamW, {seq}-token rows"
+    return _finish(False, mem, 0, sec, detail, TORCH_BASE + TRAIN_EXTRA)
+
+
+def _calib_seq(params: Any, s: Shape, ctx: Context) -> int:
+    """Tokens per calibration sample: a window of ``seqlen`` (default the
+    model's context, at most 2048), or one record padded to the longest of
+    the samples, at most ``seqlen`` (default the model's context)."""
+    context = s.context or 2048
+    if getattr(params, "calib_format", "records") == "windows":
+        return params.seqlen or min(2048, context)
+    return _seq(params.seqlen or context, ctx)
 
 
 @estimator("prune")
@@ -149,13 +175,14 @@ def _prune(params: Any, ctx: Context) -> Estimate:
     host = s.bytes(params.dtype)  # the whole model stays in host memory
     block = s.layer_params * b
     calib = params.method not in ("magnitude",) and getattr(params, "calib", None)
+    loop = 0.0  # seconds outside FLOPs (SparseGPT's column loop)
     if not calib:  # magnitude (and l1/l2 width): a weight and its scores at once
         biggest = max(o * i for o, i in s.linears())
         dev = block + biggest * 4
         flops = 4.0 * s.params
         detail = "no calibration"
     else:
-        n, seq, bs = params.nsamples, params.seqlen or 2048, params.batch_size
+        n, seq, bs = params.nsamples, _calib_seq(params, s, ctx), params.batch_size
         acts = 2 * n * seq * s.hidden * b  # block inputs and outputs
         batch = bs * seq * (s.heads * seq + 3 * s.intermediate + 4 * s.hidden) * b
         extra = sum(4 * i for _, i in s.linears())  # Wanda: input norms
@@ -164,13 +191,25 @@ def _prune(params: Any, ctx: Context) -> Estimate:
         dev = block + acts + batch + extra
         flops = 2.0 * s.layer_params * s.layers * n * seq
         if params.method == "sparsegpt":
-            flops += s.layers * sum(2.0 * o * i * i + i**3 for o, i in s.linears())
+            flops += s.layers * sum(
+                2.0 * n * seq * i * i + 2.0 * o * i * i + i**3 for o, i in s.linears()
+            )  # Hessians X^T X, lazy block updates, (H + λI)^-1 by Cholesky
+            loop = s.layers * _column_loop(s, params.blocksize, gpu)
         detail = f"{n}x{seq} calibration tokens"
+    sec = _seconds(flops, gpu, ctx.hw) + loop
     if not gpu:
-        return _finish(
-            False, dev + host - block, 0, _seconds(flops, False, ctx.hw), detail
-        )
-    return _finish(True, dev, host, _seconds(flops, True, ctx.hw), detail)
+        return _finish(False, dev + host - block, 0, sec, detail)
+    return _finish(True, dev, host, sec, detail)
+
+
+def _column_loop(s: Shape, blocksize: int, gpu: bool) -> float:
+    """Seconds of SparseGPT's column-by-column loop over one block's linears."""
+    kind = "gpu" if gpu else "cpu"
+    step = SPARSEGPT_STEP_OPS * OP_SECONDS[kind]
+    return sum(
+        i * (step + 12.0 * o * min(blocksize, i) / 2 / MEMORY_BYTES_PER_S[kind])
+        for o, i in s.linears()
+    )
 
 
 def _trainable(params: Any, s: Shape) -> float:
@@ -234,9 +273,10 @@ def _train(params: Any, ctx: Context) -> Estimate:
     assert s is not None
     ds = params.deepspeed
     world = ctx.world
-    tokens_step = params.micro_batch * params.max_len
+    seq = _seq(params.max_len, ctx)
+    tokens_step = params.micro_batch * seq
     b_act = 4 if params.precision == "fp32" else 2
-    acts = _activations(s, tokens_step, params.max_len, b_act)
+    acts = _activations(s, tokens_step, seq, b_act)
     if params.method == "distill":
         acts += s.params * (4 if params.precision == "fp32" else 2)  # the teacher
     trainable = _trainable(params, s)
@@ -270,7 +310,7 @@ def _train(params: Any, ctx: Context) -> Estimate:
             f"ZeRO-{ds.zero_stage}"
             + (" +offload opt" if ds.offload_optimizer else "")
             + (" +offload params" if ds.offload_params else "")
-            + f", {world} rank(s)"
+            + f", {world} rank(s), {seq}-token rows"
         )
         dev += frozen + acts
         if not gpu:  # CPU ranks: every rank of the node in one host
@@ -291,7 +331,7 @@ def _train(params: Any, ctx: Context) -> Estimate:
         dev,
         s.bytes("float32") if gpu else 0,
         _seconds(flops, gpu, ctx.hw),
-        "in-process, fp32 AdamW",
+        f"in-process, fp32 AdamW, {seq}-token rows",
         TORCH_BASE + TRAIN_EXTRA,
     )
 

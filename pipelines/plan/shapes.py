@@ -22,6 +22,7 @@ KNOWN: dict[str, dict[str, Any]] = {
         "num_attention_heads": 32,
         "num_key_value_heads": 32,
         "vocab_size": 32000,
+        "max_position_embeddings": 4096,
         "torch_dtype": "float16",
     },
     "llama-2-13b": {
@@ -31,6 +32,7 @@ KNOWN: dict[str, dict[str, Any]] = {
         "num_attention_heads": 40,
         "num_key_value_heads": 40,
         "vocab_size": 32000,
+        "max_position_embeddings": 4096,
         "torch_dtype": "float16",
     },
     "llama-2-70b": {
@@ -40,6 +42,7 @@ KNOWN: dict[str, dict[str, Any]] = {
         "num_attention_heads": 64,
         "num_key_value_heads": 8,
         "vocab_size": 32000,
+        "max_position_embeddings": 4096,
         "torch_dtype": "float16",
     },
 }
@@ -58,6 +61,7 @@ class Shape:
     tied: bool = False
     dtype: str = "float32"
     source: str = ""
+    context: int = 0  # max_position_embeddings (0: unknown)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], source: str = "") -> Shape:
@@ -74,6 +78,7 @@ class Shape:
                 tied=bool(cfg.get("tie_word_embeddings", False)),
                 dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
                 source=source,
+                context=int(cfg.get("max_position_embeddings") or 0),
             )
         except KeyError as e:
             raise ValueError(

@@ -221,6 +221,28 @@ def test_tokenizer_round_trips_and_splits_digits(world):
     assert [p for p in pieces if p.isdigit()] == ["4", "0", "9", "6"]
 
 
+def test_longest_document_bounds_every_record_in_tokens(world):
+    """`carp plan`'s bound on a record's tokens (its sampled longest text in
+    bytes, + BOS/EOS) covers every record of every split, and is tight (the
+    longest record is within 3x of it)."""
+    from tokenizers import Tokenizer
+
+    from pipelines.plan.records import longest_document
+
+    bound = longest_document(METHODS.load("synthetic").Params(**MICRO)) + 2
+    tok = Tokenizer.from_file(str(world / "tokenizer" / "tokenizer.json"))
+    recs = [r for f in world.rglob("*.jsonl") for r in read_jsonl(f)]
+    assert len(recs) > 500
+    # BOS + prompt + response + EOS, as stages.common.text.encode_example
+    lengths = [
+        2
+        + len(tok.encode(format_prompt(r), add_special_tokens=False).ids)
+        + len(tok.encode(format_response(r), add_special_tokens=False).ids)
+        for r in recs
+    ]
+    assert max(lengths) <= bound < 3 * max(lengths)
+
+
 def test_table_scale_widens_closed_tables_and_keeps_answers_right(world, tmp_path):
     import random
 
