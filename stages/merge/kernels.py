@@ -179,6 +179,67 @@ def pcb_balance(
     return torch.stack([c for c, _ in rows]), torch.stack([s for _, s in rows])
 
 
+PCB_CHUNK = 1 << 20  # elements per elementwise step of pcb_merge
+
+
+def _order_stats(x: torch.Tensor, ks: list[int]) -> list[torch.Tensor]:
+    """The ``k``-th smallest values (0-based) of a 1-D tensor, from one
+    partitioned float copy (numpy's introselect; ``kthvalue`` also allocates an
+    int64 index per element). The values equal ``kthvalue``'s."""
+    import numpy as np
+
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    part = np.partition(wide.numpy(), ks)
+    return [torch.tensor(part[k]).to(x.dtype) for k in ks]
+
+
+def _pcb_task(
+    row: torch.Tensor,
+    total: torch.Tensor,
+    k: int,
+    clamp_ratio: float,
+    density: float,
+    weight: torch.Tensor,
+    merged: torch.Tensor,
+    den: torch.Tensor,
+) -> None:
+    """Add one task's ``w_i s_i tau_i`` to ``merged`` and ``s_i`` to ``den``:
+    ``_pcb_row``'s arithmetic, op for op, with the row-wide order statistics
+    and extremes taken first and the elementwise steps done PCB_CHUNK
+    elements at a time, so a task needs one (d,) score buffer and the
+    partition copy. The extremes of the clamped magnitudes are the clamp
+    bounds themselves (order statistics of the row)."""
+    d = row.numel()
+    mag = row.abs()
+    lo_k = min(int(d * clamp_ratio), d - 1)
+    hi_k = max(min(int(d * (1 - clamp_ratio)) - 1, d - 1), 0)
+    lo, hi = _order_stats(mag, [lo_k, hi_k])
+    if hi_k == d - 1:
+        hi = mag.max()
+    del mag
+    span = hi - lo
+    span = torch.where(span > 0, span, 1)
+    score = torch.empty_like(row)
+    for a in range(0, d, PCB_CHUNK):
+        r = row[a : a + PCB_CHUNK]
+        m = torch.maximum(torch.minimum(r.abs(), hi), lo)
+        intra = (m - lo).div_(span).pow_(2).mul_(k).exp_()
+        score[a : a + PCB_CHUNK] = intra.mul_(r.mul(total[a : a + PCB_CHUNK]).tanh_())
+    (t,) = _order_stats(score, [min(int(d * (1 - density)), d - 1)])
+    top = score.max()
+    s_lo = torch.maximum(torch.minimum(score.min(), top), t)  # clamped row's min
+    s_span = top - s_lo
+    s_span = torch.where(s_span > 0, s_span, 1)
+    for a in range(0, d, PCB_CHUNK):
+        r = row[a : a + PCB_CHUNK]
+        m = torch.maximum(torch.minimum(r.abs(), hi), lo)
+        clamped = r.sign().mul_(m)
+        sc = torch.maximum(torch.minimum(score[a : a + PCB_CHUNK], top), t)
+        sc = (sc - s_lo).div_(s_span)
+        merged[a : a + PCB_CHUNK].add_(clamped.mul_(weight).mul_(sc))
+        den[a : a + PCB_CHUNK].add_(sc)
+
+
 def pcb_merge(
     deltas: torch.Tensor,
     weights: torch.Tensor,
@@ -187,8 +248,9 @@ def pcb_merge(
     lam: float,
 ) -> torch.Tensor:
     """The PCB-merged task vector: sum_i w_i s_i tau_i / sum_i s_i, times lam.
-    Task by task (``_pcb_row``), accumulated: beside the (K, d) deltas the
-    peak is a few (d,) vectors, not the K-fold scores and clamped copies."""
+    Task by task and chunk by chunk (``_pcb_task``), accumulated: beside the
+    (K, d) deltas the peak is about two (d,) vectors, not the K-fold scores
+    and clamped copies; equal to ``pcb_balance``'s whole-stack formula."""
     shape = deltas.shape[1:]
     flat = deltas.reshape(deltas.shape[0], -1)
     k = flat.shape[0]
@@ -199,8 +261,6 @@ def pcb_merge(
     merged = torch.zeros_like(total, dtype=acc)
     den = torch.zeros_like(total, dtype=acc)
     for i in range(k):
-        clamped, scale = _pcb_row(flat[i], total, k, clamp_ratio, densities[i])
-        merged.add_(clamped.mul_(w[i]).mul_(scale))
-        den.add_(scale)
+        _pcb_task(flat[i], total, k, clamp_ratio, densities[i], w[i], merged, den)
     out = merged.to(flat.dtype).div_(den.to(flat.dtype).clamp_(min=1e-12))
     return (lam * out).reshape(shape)

@@ -183,10 +183,15 @@ def test_pcb_lambda_scales(lam):
     )
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 50])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pcb_merge_task_by_task_equals_the_whole_stack_formula(dtype):
-    """pcb_merge streams task by task; it must equal sum_i w_i s_i tau_i /
-    sum_i s_i over the whole (K, d) stack from pcb_balance, bit for bit."""
+def test_pcb_merge_task_by_task_equals_the_whole_stack_formula(
+    dtype, chunk, monkeypatch
+):
+    """pcb_merge streams task by task and chunk by chunk; it must equal
+    sum_i w_i s_i tau_i / sum_i s_i over the whole (K, d) stack from
+    pcb_balance, bit for bit."""
+    monkeypatch.setattr(K, "PCB_CHUNK", chunk)
     g = torch.Generator().manual_seed(3)
     d = torch.randn(4, 777, generator=g).to(dtype)
     d[:, :100] = 0
