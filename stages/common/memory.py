@@ -25,15 +25,15 @@ def peak_rss_mb() -> float:
 _MADV_PAGEOUT = 21  # linux/mman.h, Linux >= 5.4
 
 
-def release_pages(t: Any) -> None:
-    """Ask the kernel to reclaim the whole pages under a CPU tensor
-    (``MADV_PAGEOUT``). HF loaders map the checkpoint file, so a tensor nobody
-    changed is clean file pages: dropped, they are read from the file again if
-    touched. Changed (anonymous) pages are kept, or swapped out, never lost, so
-    this is always safe; it only costs a re-read. Used on tensors already
-    written or read for the last time (prune: streamed save, width's Taylor
-    pass), so a pass over the model does not hold every page it touched. A
-    no-op where madvise or PAGEOUT is not available."""
+def release_pages(t: Any, start: int = 0, stop: int | None = None) -> None:
+    """Ask the kernel to reclaim the whole pages under a CPU tensor, or under
+    its bytes ``start:stop`` (``MADV_PAGEOUT``). HF loaders map the checkpoint
+    file, so a tensor nobody changed is clean file pages: dropped, they are read
+    from the file again if touched. Changed (anonymous) pages are kept, or
+    swapped out, never lost, so this is always safe; it only costs a re-read.
+    Used on tensors already written or read for the last time (prune: streamed
+    save, width's Taylor pass), so a pass over the model does not hold every
+    page it touched. A no-op where madvise or PAGEOUT is not available."""
     import contextlib
     import ctypes
     import mmap
@@ -41,9 +41,10 @@ def release_pages(t: Any) -> None:
     if t.device.type != "cpu" or not t.numel():
         return
     page = mmap.PAGESIZE
-    start = t.data_ptr()
-    lo = -(-start // page) * page  # whole pages inside the tensor only
-    hi = (start + t.numel() * t.element_size()) // page * page
+    nbytes = t.numel() * t.element_size()
+    stop = nbytes if stop is None else min(stop, nbytes)
+    lo = -(-(t.data_ptr() + start) // page) * page  # whole pages inside only
+    hi = (t.data_ptr() + stop) // page * page
     if hi <= lo:
         return
     with contextlib.suppress(OSError, AttributeError):

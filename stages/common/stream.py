@@ -29,17 +29,25 @@ _DTYPES = {  # torch dtype name -> safetensors dtype code
 }
 
 
+CHUNK_BYTES = 32 * 2**20  # bytes written per write() call
+
+
 def write_safetensors(
     path: Path,
     specs: dict[str, tuple[str, tuple[int, ...], int]],
     data: Callable[[str], Any],
     metadata: dict[str, str] | None = None,
+    written: Callable[[str, int, int], None] | None = None,
 ) -> None:
     """Write a safetensors file whose tensors are produced one at a time.
 
     ``specs`` maps name -> (safetensors dtype code, shape, byte length);
     ``data(name)`` returns that tensor's bytes (any buffer) when it is written,
     so at most one tensor's bytes exist at once beyond what the caller holds.
+    Bytes go out in chunks of ``CHUNK_BYTES``; ``written(name, start, stop)``
+    is called after each with its byte range in the tensor (the prune stage
+    releases a mapped tensor's pages chunk by chunk, so a large embedding is
+    never resident whole).
     """
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -63,7 +71,11 @@ def write_safetensors(
                 raise ValueError(
                     f"{name}: produced {buf.nbytes} bytes, header says {specs[name][2]}"
                 )
-            f.write(buf)
+            for start in range(0, buf.nbytes, CHUNK_BYTES):
+                stop = min(start + CHUNK_BYTES, buf.nbytes)
+                f.write(buf[start:stop])
+                if written is not None:
+                    written(name, start, stop)
 
 
 def tensor_spec(t: Any) -> tuple[str, tuple[int, ...], int]:

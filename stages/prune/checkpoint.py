@@ -47,8 +47,9 @@ def checkpoint_state(model: Any) -> dict[str, Any]:
 def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path) -> None:
     """``config.json``, ``generation_config.json``, a streamed
     ``model.safetensors`` and the tokenizer, as ``save_pretrained`` lays them out.
-    Each tensor's pages are released once written (:func:`release_pages`): the
-    model is not used after its save."""
+    A tensor's pages are released chunk by chunk as they are written
+    (:func:`release_pages`), so no whole tensor of the mapped checkpoint is
+    resident at once: the model is not used after its save."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.dtype = str(model.dtype).removeprefix("torch.")
@@ -58,16 +59,18 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path) -> None:
         model.generation_config.save_pretrained(str(out_dir))
     state = checkpoint_state(model)
     specs = {k: tensor_spec(v) for k, v in state.items()}
-    written: list[str] = []
 
-    def data(k: str) -> Any:
-        if written:  # the previous tensor is on disk now
-            release_pages(state[written[-1]])
-        written.append(k)
-        return tensor_bytes(state[k])
+    def written(k: str, start: int, stop: int) -> None:  # those bytes are on disk
+        release_pages(state[k], start, stop)
+        if stop == specs[k][2]:  # the pages straddling chunk ends too
+            release_pages(state[k])
 
-    write_safetensors(out_dir / WEIGHTS_FILE, specs, data, metadata={"format": "pt"})
-    if written:
-        release_pages(state[written[-1]])
+    write_safetensors(
+        out_dir / WEIGHTS_FILE,
+        specs,
+        lambda k: tensor_bytes(state[k]),
+        metadata={"format": "pt"},
+        written=written,
+    )
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))

@@ -16,13 +16,20 @@ from stages.prune.targets import Pruned
 
 def nonzero_count(t: Any) -> int:
     """Non-zeros of ``t`` (``count_nonzero``: ``(t != 0).sum()`` would widen a
-    bool copy to int64), then its clean pages released: counting must not make
-    the mapped checkpoint resident (see stages.common.memory.release_pages)."""
+    bool copy to int64), counted a chunk at a time with each chunk's clean
+    pages released after: counting must not make the mapped checkpoint, nor
+    one large tensor of it, resident (see stages.common.memory.release_pages)."""
     import torch
 
     from stages.common.memory import release_pages
+    from stages.common.stream import CHUNK_BYTES
 
-    n = int(torch.count_nonzero(t))
+    flat = t.reshape(-1)
+    step = max(CHUNK_BYTES // max(t.element_size(), 1), 1)
+    n = 0
+    for s in range(0, flat.numel(), step):
+        n += int(torch.count_nonzero(flat[s : s + step]))
+        release_pages(t, s * t.element_size(), (s + step) * t.element_size())
     release_pages(t)
     return n
 
@@ -82,6 +89,7 @@ def execute(
 
     from stages.common import io
     from stages.prune import METHODS
+    from stages.prune.layerwise import release_memory
 
     t0 = time.perf_counter()
     seed = ctx.seed
@@ -131,6 +139,7 @@ def execute(
         metrics["sparsity_before"] = z / n
     metrics.update(result.metrics)
     calib.release()
+    release_memory()  # freed temporaries of the pruning go back before the save
     save_checkpoint(model, tok, out_dir)
     metrics["time_s"] = time.perf_counter() - t0
     metrics["peak_rss_mb"] = peak_rss_mb()

@@ -104,3 +104,36 @@ def test_released_pages_keep_every_value(tiny_model_dir):
     for n, p in model.named_parameters():
         want = before[n] * 2 if p is q else before[n]
         assert torch.equal(p.data, want), n
+
+
+def test_chunked_write_and_count(tmp_path, monkeypatch):
+    """Tensors written (and counted) in chunks smaller than a tensor: the same
+    bytes as safetensors' own writer, each byte range reported once, in order."""
+    from safetensors.torch import save_file
+
+    from stages.common import stream
+    from stages.prune.stage import nonzero_count
+
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 24)
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a": torch.randn(7, 5, generator=g),
+        "b": torch.randn(3, generator=g).to(torch.bfloat16),
+    }
+    state["a"][state["a"] < 0] = 0
+    specs = {k: stream.tensor_spec(v) for k, v in state.items()}
+    seen: list[tuple[str, int, int]] = []
+    path = tmp_path / "ours.safetensors"
+    stream.write_safetensors(
+        path,
+        specs,
+        lambda k: stream.tensor_bytes(state[k]),
+        metadata={"format": "pt"},
+        written=lambda *r: seen.append(r),
+    )
+    save_file(state, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    assert path.read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert seen == [("a", s, min(s + 24, 140)) for s in range(0, 140, 24)] + [
+        ("b", 0, 6)
+    ]
+    assert nonzero_count(state["a"]) == int((state["a"] != 0).sum())
