@@ -88,10 +88,29 @@ def group_counts(
         return rng.multinomial(n, [1 / n] * n, size=n_resamples)
     if len(groups) != n:
         raise ValueError(f"groups: {len(groups)} labels for {n} scores")
-    names = sorted(set(groups), key=str)
-    index = np.asarray([names.index(g) for g in groups])
-    k = len(names)
+    slot = {g: i for i, g in enumerate(sorted(set(groups), key=str))}
+    index = np.asarray([slot[g] for g in groups])
+    k = len(slot)
     return rng.multinomial(k, [1 / k] * k, size=n_resamples)[:, index]
+
+
+def cluster_bootstrap(
+    values: Sequence[float],
+    groups: Sequence[Any],
+    seed: Any = 0,
+    n_resamples: int = 2000,
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` whose records
+    come in ``groups`` (e.g. the person each fact is about): whole groups are
+    resampled, so correlated records of one group do not narrow the
+    interval as independent ones would."""
+    import numpy as np
+
+    vals = np.asarray(values, dtype=np.float64)
+    if not len(vals):
+        return float("nan"), float("nan")
+    counts = group_counts(np.random.default_rng(seed), groups, len(vals), n_resamples)
+    return percentile_interval(counts @ vals / counts.sum(1))
 
 
 def bootstrap_aucs(

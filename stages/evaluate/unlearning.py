@@ -11,9 +11,9 @@ first half of each forget document), ``unlearn/knowmem_forget`` and
 Membership scores read the response tokens by default (``mia_tokens``): the
 tokens the unlearning losses train on; ``document`` adds the prompt, whose
 person's name no method unlearns.
-Each with a 95% interval (``_lo``/``_hi``): a record bootstrap of the mean for
-the ROUGE and NLL means, Wilson for exact match, a bootstrap of the forget and
-holdout *people* for the AUCs (a person's records are not independent). The
+Each with a 95% interval (``_lo``/``_hi``) from a bootstrap of the *people*
+(a person's records are not independent): of the mean for ROUGE-L, exact
+match and NLL, of the forget and holdout people for the AUCs. The
 per-record membership scores go to ``membership/<model>.jsonl``; ``compare``
 reads them for a paired bootstrap interval of PrivLeak (model and oracle on the
 same resamples).
@@ -33,6 +33,7 @@ from stages.evaluate.intervals import rng_seed, stratified_bootstrap, wilson
 from stages.evaluate.mia import (
     auc,
     bootstrap_aucs,
+    cluster_bootstrap,
     min_k,
     min_k_plus_plus,
     percentile_interval,
@@ -175,23 +176,29 @@ def knowmem(
 
 
 def mean_with_interval(
-    key: str, values: list[float], seed: list[int], proportion: bool = False
+    key: str,
+    values: list[float],
+    seed: list[int],
+    proportion: bool = False,
+    groups: list[str] | None = None,
 ) -> dict[str, float]:
-    """``key`` = the mean of ``values`` and its 95% interval (Wilson for a
-    proportion, else a bootstrap of the mean)."""
+    """``key`` = the mean of ``values`` and its 95% interval: a bootstrap of
+    whole ``groups`` (the people) when given, else Wilson for a proportion and
+    a record bootstrap of the mean otherwise."""
     if not values:
         return {}
-    lo, hi = (
-        wilson(round(sum(values)), len(values))
-        if proportion
-        else stratified_bootstrap([values], [*seed, len(values)])
-    )
+    if groups is not None:
+        lo, hi = cluster_bootstrap(values, groups, [*seed, len(values)])
+    elif proportion:
+        lo, hi = wilson(round(sum(values)), len(values))
+    else:
+        lo, hi = stratified_bootstrap([values], [*seed, len(values)])
     return {key: sum(values) / len(values), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
 def subjects(records: list[dict[str, Any]]) -> list[str]:
     """The person each record is about (its id where it names none): the
-    cluster of the AUC bootstrap."""
+    cluster of the suite's bootstraps."""
     return [str(r.get("subject") or r["id"]) for r in records]
 
 
@@ -253,19 +260,25 @@ def score(
     seed = rng_seed(ctx.seed, "unlearning")
     out: dict[str, float] = {}
     frac = getattr(params, "verbmem_prefix", 0.5)
+    vm = verbmem(model, tokenizer, forget, frac, bs)
     out |= mean_with_interval(
-        "unlearn/verbmem_forget", verbmem(model, tokenizer, forget, frac, bs), seed
+        "unlearn/verbmem_forget", vm, seed, False, subjects(forget)
     )
     for split, recs in (("forget", forget), ("retain", retain)):
         rl, em = knowmem(model, tokenizer, recs, bs)
-        out |= mean_with_interval(f"unlearn/knowmem_{split}", rl, seed)
-        out |= mean_with_interval(f"unlearn/em_{split}", em, seed, proportion=True)
+        people = subjects(recs)
+        out |= mean_with_interval(f"unlearn/knowmem_{split}", rl, seed, False, people)
+        out |= mean_with_interval(f"unlearn/em_{split}", em, seed, True, people)
     f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs, tokens)
-    out |= mean_with_interval("unlearn/nll_forget", f_nll, seed)
+    out |= mean_with_interval(
+        "unlearn/nll_forget", f_nll, seed, False, subjects(forget)
+    )
     sets = {"forget": (forget, f_mk, f_pp)}
     if holdout:
         h_mk, h_pp, h_nll = membership_scores(model, tokenizer, holdout, k, bs, tokens)
-        out |= mean_with_interval("unlearn/nll_holdout", h_nll, seed)
+        out |= mean_with_interval(
+            "unlearn/nll_holdout", h_nll, seed, False, subjects(holdout)
+        )
         people = (subjects(forget), subjects(holdout))
         out |= auc_with_interval("unlearn/mink_auc", f_mk, h_mk, seed, people)
         out |= auc_with_interval("unlearn/minkpp_auc", f_pp, h_pp, seed, people)

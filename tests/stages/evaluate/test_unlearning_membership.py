@@ -152,8 +152,14 @@ def test_knowing_the_names_is_not_knowing_the_facts(world):
 
 def test_person_bootstrap_is_wider_than_the_record_bootstrap():
     """Records of one person share its score level: resampling records treats
-    15 correlated records as 15 witnesses; resampling people does not."""
-    from stages.evaluate.mia import bootstrap_aucs, percentile_interval
+    15 correlated records as 15 witnesses; resampling people does not (AUCs
+    and means alike)."""
+    from stages.evaluate.intervals import stratified_bootstrap
+    from stages.evaluate.mia import (
+        bootstrap_aucs,
+        cluster_bootstrap,
+        percentile_interval,
+    )
 
     rng = random.Random(0)
     members, m_groups, others, o_groups = [], [], [], []
@@ -169,6 +175,13 @@ def test_person_bootstrap_is_wider_than_the_record_bootstrap():
     assert lo_p < 0.5 < hi_p  # same distribution of people: chance is inside
     with pytest.raises(ValueError, match="groups"):
         bootstrap_aucs([members], [others], 0, 10, m_groups[:-1], o_groups)
+    # the same for a mean (ROUGE-L, EM, NLL of the suite)
+    lo_c, hi_c = cluster_bootstrap(members, m_groups, 0)
+    lo_s, hi_s = stratified_bootstrap([members], 0)
+    assert lo_c < sum(members) / len(members) < hi_c
+    assert hi_c - lo_c > 2 * (hi_s - lo_s)
+    lo_1, hi_1 = cluster_bootstrap(members, list(range(len(members))), 0)
+    assert abs((hi_1 - lo_1) - (hi_s - lo_s)) < 0.25 * (hi_s - lo_s)  # singletons
 
 
 def test_sample_spreads_over_people(world):
