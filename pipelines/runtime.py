@@ -273,8 +273,9 @@ def verify_inputs(node: Node, inputs: dict[str, Any], fps: dict[str, Any]) -> No
                 raise StageError(
                     f"stage '{node.name}': input '{field}' ({path}) changed since it "
                     f"was written ({what}): a file is "
-                    f"damaged or was edited; restore it with `dvc checkout {path}` "
-                    f"or re-run `carp stage {path.name}`"
+                    "damaged or was edited; restore it with `dvc checkout --force "
+                    f"{ARTIFACTS}/{path.name}` (the version dvc.lock records; run "
+                    f"in the project root) or re-run `carp stage {path.name}`"
                 )
 
 

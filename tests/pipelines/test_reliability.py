@@ -627,7 +627,8 @@ def test_damaged_input_is_caught_before_the_stage_starts(
     assert main(["stage", "b", "--file", str(f), "--no-track"]) == 1
     err = capsys.readouterr().err
     assert "input 'data'" in err and "changed since it was written" in err
-    assert "dvc checkout" in err and not (tmp_path / "artifacts" / "b").exists()
+    assert "`dvc checkout --force artifacts/a`" in err
+    assert not (tmp_path / "artifacts" / "b").exists()
 
 
 def _tiny_checkpoint(folder: Path) -> Path:
