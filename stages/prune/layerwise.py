@@ -104,16 +104,19 @@ class BlockRunner:
         """Block ``i`` moved to the processing device."""
         return self.layers[i].to(self.device)
 
-    def forward(self, block: Any) -> Any:
-        """Outputs of ``block`` for all current inputs, in batches."""
+    def forward(self, block: Any, keep: bool = True) -> Any:
+        """Outputs of ``block`` for all current inputs, in batches (None with
+        ``keep=False``: a pass run only for its hooks holds no outputs)."""
         import torch
 
-        outs = torch.empty_like(self.inps)
+        outs = torch.empty_like(self.inps) if keep else None
         with torch.no_grad():
             for s in range(0, len(self.inps), self.batch_size):
                 self._rows = slice(s, s + self.batch_size)
-                x = self.inps[self._rows]
-                outs[self._rows] = _first(block(x, **self.kwargs))
+                y = _first(block(self.inps[self._rows], **self.kwargs))
+                if outs is not None:
+                    outs[self._rows] = y
+                del y
         return outs
 
     def collect(
@@ -130,7 +133,7 @@ class BlockRunner:
             for name, mod in modules.items()
         ]
         try:
-            self.forward(block)
+            self.forward(block, keep=False)
         finally:
             for h in handles:
                 h.remove()
