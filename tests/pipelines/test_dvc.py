@@ -51,11 +51,11 @@ def test_compiled_yaml_is_block_style_and_wires_variants(toy_kinds):
     assert add["do"]["metrics"] == [
         {"reports/add@${key}/metrics.json": {"persist": True}}
     ]
-    # list inputs take every variant; a stage fanned out by its own seeds only
+    # a list input takes the variants of the node's own origin (src = 2 or 3)
     all_ = doc["all"]["foreach"]
     assert set(all_) == {"2-s0", "3-s0"}
-    assert "artifacts/add@2" in doc["all"]["do"]["deps"]
-    assert "artifacts/add@3" in doc["all"]["do"]["deps"]
+    assert all_["2-s0"]["dep0"] == "artifacts/add@2"
+    assert all_["3-s0"]["dep0"] == "artifacts/add@3"
 
 
 def test_root_dvc_yaml_is_current():
