@@ -4,8 +4,10 @@ as a real project has them, and the environment its commands run in."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,3 +41,25 @@ def make_project(proj: Path, params_yaml: str) -> dict[str, str]:
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 1800) -> str:
+    """Run ``args`` in the project; fail the test with its output unless it
+    exits 0; return stdout + stderr."""
+    res = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, (
+        f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    )
+    return res.stdout + res.stderr
+
+
+def dvc_status(proj: Path, env: dict[str, str]) -> dict:
+    """``dvc status --json``: stale stages and what changed ({} when clean).
+    Only stdout is JSON; DVC's warnings go to stderr."""
+    res = subprocess.run(
+        ["dvc", "status", "--json"], cwd=proj, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout or "{}")

@@ -7,26 +7,15 @@ touches.
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.project import make_project
+from tests.integration.project import dvc_status, make_project, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["world", "base", "prune", "select", "recover", "eval"]
 pytestmark = pytest.mark.integration
-
-
-def sh(args, cwd, env, timeout=900):
-    res = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert res.returncode == 0, (
-        f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    )
-    return res.stdout + res.stderr
 
 
 def fingerprints(project):
@@ -108,11 +97,7 @@ def test_dvc_experiment_reruns_only_downstream(project):
 
 
 def dvc_stale(proj, env):
-    out = subprocess.run(
-        ["dvc", "status", "--json"], cwd=proj, env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    return set(json.loads(out.stdout or "{}"))
+    return set(dvc_status(proj, env))
 
 
 def touch_code(path):
