@@ -422,6 +422,40 @@ def all_current(graph: Graph, layout: Layout) -> bool:
     return True
 
 
+LOCKS = ".carp/locks"
+
+
+@contextlib.contextmanager
+def node_lock(layout: Layout, name: str):
+    """One process at a time runs a given node of a working copy: an exclusive
+    ``flock`` on ``.carp/locks/<node>.lock``, which the kernel releases when
+    the holder exits, SIGKILL included (no stale lock). A second run of the
+    same node (two ``carp run`` of one pipeline, ``carp stage`` beside a flow)
+    says so and waits, then finds the output current or runs; a killed run's
+    temp folders are cleaned only under the lock, so a live run's never are."""
+    import fcntl
+
+    path = layout.root / LOCKS / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            log.warning(
+                "stage %s is being run by %s (lock %s): waiting for it to finish",
+                name,
+                holder,
+                path,
+            )
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+
+
 def run_node(
     graph: Graph,
     name: str,
@@ -434,8 +468,15 @@ def run_node(
     ``run`` is the pipeline's lineage (:class:`pipelines.lineage.PipelineRun`,
     or ``NULL_RUN`` when tracking is off). With ``force=False`` an output made
     from the same cache key is kept and the stage is skipped (the Prefect path;
-    DVC decides staleness itself).
+    DVC decides staleness itself). Holds the node's lock (:func:`node_lock`).
     """
+    with node_lock(layout, name):
+        return _run_node(graph, name, layout, run, force)
+
+
+def _run_node(
+    graph: Graph, name: str, layout: Layout, run: Any, force: bool
+) -> dict[str, Any]:
     out = layout.out(name)
     clean_stale(out)
     clean_stale(layout.report(name))

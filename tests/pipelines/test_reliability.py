@@ -10,6 +10,7 @@ import copy
 import json
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 
 from pipelines.cli import main
 from pipelines.graph import build
-from pipelines.runtime import Layout, run_node
+from pipelines.runtime import Layout, node_lock, run_node
 from pipelines.spec import DeclarationError, load, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -697,6 +698,29 @@ def test_stale_temp_folders_are_cleaned_at_the_next_run(tmp_path, toy_kinds):
     (art / ".tmp-ab-0123abcd").mkdir()  # another node's: left alone
     run_node(g, "a", Layout(tmp_path))
     assert sorted(p.name for p in art.iterdir()) == [".tmp-ab-0123abcd", "a"]
+
+
+def test_a_second_run_of_a_node_waits_and_spares_the_live_temp_folder(
+    tmp_path, toy_kinds, caplog
+):
+    """Two runs of one node at once (two `carp run` of a pipeline, `carp stage`
+    beside a flow): the second waits for the first's lock instead of deleting
+    its temp folder as a killed run's, then runs."""
+    g = build(validate(yaml.safe_load(_toy_file(tmp_path).read_text())))
+    layout = Layout(tmp_path)
+    live = tmp_path / "artifacts" / ".tmp-a-0123abcd"  # the first run's
+    live.mkdir(parents=True)
+    done = threading.Event()
+    second = threading.Thread(target=lambda: (run_node(g, "a", layout), done.set()))
+    with node_lock(layout, "a"):  # the first run holds the node
+        second.start()
+        time.sleep(1.5)
+        assert live.is_dir() and not done.is_set()
+        assert not (tmp_path / "artifacts" / "a").exists()
+    second.join(120)
+    assert done.is_set() and (tmp_path / "artifacts" / "a" / "carp.json").is_file()
+    assert not live.exists()  # the holder is gone: now it is a leftover
+    assert "stage a is being run by pid" in caplog.text
 
 
 # -- numerical guard ------------------------------------------------------------
