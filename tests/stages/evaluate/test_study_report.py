@@ -137,15 +137,22 @@ stages:
 """
 
 
+def study_run(root: Path, seed: int) -> Path:
+    """A declared study's folders as `carp run` leaves them: the declaration and
+    an evaluate output with per-record predictions of a planted sweep."""
+    (root / "study.yaml").write_text(STUDY)
+    em, fams = sweep(np.random.default_rng(seed), gain=0.2)
+    out = root / "artifacts" / "eval"
+    write_predictions(out, em, fams)
+    (out / "table.md").write_text("| model | mean EM |\n|---|---|\n| base | 0.9 |\n")
+    return out
+
+
 def test_report_of_a_declared_study_prints_and_writes_its_tables(
     tmp_path: Path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "study.yaml").write_text(STUDY)
-    em, fams = sweep(np.random.default_rng(2), gain=0.2)
-    out = tmp_path / "artifacts" / "eval"
-    write_predictions(out, em, fams)
-    (out / "table.md").write_text("| model | mean EM |\n|---|---|\n| base | 0.9 |\n")
+    study_run(tmp_path, seed=2)
     sel = tmp_path / "artifacts" / "random@0.1-s0"
     sel.mkdir(parents=True)
     (sel / "selection.json").write_text(
@@ -211,11 +218,7 @@ def test_report_baseline_on_the_command_line_overrides_and_is_checked(
     tmp_path: Path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "study.yaml").write_text(STUDY)
-    em, fams = sweep(np.random.default_rng(5), gain=0.2)
-    out = tmp_path / "artifacts" / "eval"
-    write_predictions(out, em, fams)
-    (out / "table.md").write_text("| model | mean EM |\n|---|---|\n| base | 0.9 |\n")
+    study_run(tmp_path, seed=5)
     assert main(["report", "study.yaml", "--baseline", "rec_good"]) == 0
     md = (tmp_path / "reports" / "report.md").read_text()
     assert "Study: eval against rec_good" in md
