@@ -258,12 +258,6 @@ def render(rows: list[Row], hw: Hardware) -> str:
 
 def host_memory() -> float:
     """This machine's memory (the default declared host memory)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024.0
-    except OSError:
-        pass
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
