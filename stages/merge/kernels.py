@@ -131,36 +131,42 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo).div_(torch.where(span > 0, span, 1))
 
 
-def _clamp_rows(x: torch.Tensor, low: list[float], high: float) -> torch.Tensor:
-    """Clamp each row to its own [q_low, q_(1-high)] sorted-order values
-    (PCB's ``clamp``: index ``int(d * ratio)`` from the bottom and
-    ``int(d * (1 - high)) - 1`` from the top). Order statistics by
-    ``kthvalue``, one row at a time: no full sort and no int64 index tensor, so
-    the peak stays near one extra copy of a row."""
-    d = x.shape[1]
-    hi_idx = max(min(int(d * (1 - high)) - 1, d - 1), 0)
-    out = torch.empty_like(x)
-    for i, r in enumerate(low):
-        row = x[i]
-        lo = row.kthvalue(min(int(d * r), d - 1) + 1).values
-        hi = row.max() if hi_idx == d - 1 else row.kthvalue(hi_idx + 1).values
-        torch.maximum(torch.minimum(row, hi), lo, out=out[i])
-    return out
+def _clamp_bounds(mag: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCB's outlier clamp of one row: its sorted-order values at index
+    ``int(d * ratio)`` from the bottom and ``int(d * (1 - ratio)) - 1`` from
+    the top."""
+    d = mag.numel()
+    lo_k = min(int(d * ratio), d - 1)
+    hi_k = max(min(int(d * (1 - ratio)) - 1, d - 1), 0)
+    lo, hi = _order_stats(mag, [lo_k, hi_k])
+    return lo, mag.max() if hi_k == d - 1 else hi
+
+
+def _score_floor(score: torch.Tensor, density: float) -> torch.Tensor:
+    """The (1 - density) order statistic of a row of scores: entries below it
+    get scale 0."""
+    (t,) = _order_stats(
+        score, [min(int(score.numel() * (1 - density)), score.numel() - 1)]
+    )
+    return t
 
 
 def _pcb_row(
     row: torch.Tensor, total: torch.Tensor, k: int, clamp_ratio: float, density: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One task's (clamped delta, scale) from its delta ``row`` (d,) and the sum
-    of all K deltas ``total`` (d,): every PCB statistic is per task, so a task
-    needs only its own row and the sum (a few (d,) temporaries)."""
-    mag = _clamp_rows(row.abs().unsqueeze(0), [clamp_ratio], clamp_ratio)
+    of all K deltas ``total`` (d,), whole-row (the readable form; ``pcb_merge``
+    streams the same arithmetic)."""
+    mag = row.abs()
+    lo, hi = _clamp_bounds(mag, clamp_ratio)
+    mag = torch.maximum(torch.minimum(mag, hi), lo).unsqueeze(0)
     clamped = row.sign().mul_(mag[0])
     intra = _minmax(mag).pow_(2).mul_(k).exp_()
     del mag
-    score = intra.mul_(row.mul(total).tanh_())
+    score = intra.mul_(row.mul(total).tanh_())[0]
     del intra
-    scale = _minmax(_clamp_rows(score, [1 - density], 0.0))
+    floor, top = _score_floor(score, density), score.max()
+    scale = _minmax(torch.maximum(torch.minimum(score, top), floor).unsqueeze(0))
     return clamped, scale[0]
 
 
@@ -210,13 +216,7 @@ def _pcb_task(
     partition copy. The extremes of the clamped magnitudes are the clamp
     bounds themselves (order statistics of the row)."""
     d = row.numel()
-    mag = row.abs()
-    lo_k = min(int(d * clamp_ratio), d - 1)
-    hi_k = max(min(int(d * (1 - clamp_ratio)) - 1, d - 1), 0)
-    lo, hi = _order_stats(mag, [lo_k, hi_k])
-    if hi_k == d - 1:
-        hi = mag.max()
-    del mag
+    lo, hi = _clamp_bounds(row.abs(), clamp_ratio)
     span = hi - lo
     span = torch.where(span > 0, span, 1)
     score = torch.empty_like(row)
@@ -225,8 +225,7 @@ def _pcb_task(
         m = torch.maximum(torch.minimum(r.abs(), hi), lo)
         intra = (m - lo).div_(span).pow_(2).mul_(k).exp_()
         score[a : a + PCB_CHUNK] = intra.mul_(r.mul(total[a : a + PCB_CHUNK]).tanh_())
-    (t,) = _order_stats(score, [min(int(d * (1 - density)), d - 1)])
-    top = score.max()
+    t, top = _score_floor(score, density), score.max()
     s_lo = torch.maximum(torch.minimum(score.min(), top), t)  # clamped row's min
     s_span = top - s_lo
     s_span = torch.where(s_span > 0, s_span, 1)
