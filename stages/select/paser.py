@@ -27,12 +27,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "degradation": "jsd",
         "noise_filter": "none",
         "embed": "instruction",
+        "coverage": 0.0,
+        "within": "ies",
     },
     "carp": {
         "allocation": "mass",
         "degradation": "loss_increase",
         "noise_filter": "drop",
         "embed": "instruction",
+        "coverage": 0.0,
+        "within": "ies",
     },
 }
 
@@ -57,6 +61,20 @@ class Params(LMParams):
         "(`cds`, the paper), to its damage mass |C_k|·CDS_k, the summed score "
         "(`mass`), or equal shares (`uniform`: the "
         "w/o-degradation-aware-allocation ablation).",
+    )
+    coverage: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the budget spread over clusters in proportion to "
+        "their size (a stratified sample's share) before the allocation rule "
+        "hands out the rest; 0: the rule alone (the paper).",
+    )
+    within: Literal["ies", "random"] = Field(
+        "ies",
+        description="Order inside a cluster: highest IES first (`ies`, the "
+        "paper) or a seeded random order (`random`: each cluster's quota is a "
+        "random sample of it).",
     )
     degradation: Literal["jsd", "loss_increase"] = Field(
         "jsd",
@@ -168,7 +186,7 @@ def select(
     t = time.perf_counter()
     flags = _noise_flags(params, nll, labels)
     res, k, sizes, cds, alloc, graph = allocate_and_fill(
-        params, pool, labels, scores, n_tokens, n, flags
+        params, pool, labels, scores, n_tokens, n, flags, seed
     )
     timing["allocate_and_fill"] = time.perf_counter() - t
 
@@ -180,6 +198,8 @@ def select(
     sel_jsd = float(scores[res.selected].mean()) if res.selected else 0.0
     bad = [bool(pool[i].get("corrupted")) for i in res.rejected_ids]
     rule = {"cds": "CDS_k", "mass": "|C_k|·CDS_k", "uniform": "1"}[params.allocation]
+    if params.coverage:
+        rule = f"{params.coverage:g}·|C_k| share + {1 - params.coverage:g}·{rule} share"
     report = {
         "k": k,
         "k_rule": clus["rule"],
@@ -193,6 +213,8 @@ def select(
         "allocation_rule": f"n_k ∝ {rule}, "
         "floor, capped by cluster size; remainder and capped-off budget "
         "redistributed by weight, then to clusters with candidates left",
+        "coverage": params.coverage,
+        "within": params.within,
         "allocated": alloc,
         "final_quota": res.quota,
         "taken": res.taken,
@@ -254,6 +276,7 @@ def allocate_and_fill(
     n_tokens: Any,
     n: int,
     flags: Any = None,
+    seed: int = 0,
 ) -> tuple[Any, int, list[int], list[float], list[int], Any]:
     """CDS per cluster, budget allocation, IES ranking and the filtered greedy
     fill; returns (fill result, K, sizes, CDS, allocation, concept graph).
@@ -267,7 +290,7 @@ def allocate_and_fill(
     from stages.select.concepts import ConceptGraph, extract_concepts, record_text
     from stages.select.greedy import fill
     from stages.select.kernels import ies
-    from stages.select.robust import cluster_weights
+    from stages.select.robust import cluster_weights, with_coverage, within_order
 
     k = int(labels.max()) + 1
     off = flags is None or params.noise_filter == "none"
@@ -277,10 +300,12 @@ def allocate_and_fill(
     cds = [float(scores[m].mean()) for m in members]
     drop = params.noise_filter == "drop"
     cands = [m[~flags[m]] for m in members] if drop else members
+    n_cands = [len(m) for m in cands]
     weights = cluster_weights(params.allocation, scores, cands)
-    alloc = allocate(n, weights, [len(m) for m in cands])
+    weights = with_coverage(weights, n_cands, params.coverage)
+    alloc = allocate(n, weights, n_cands)
     score = ies(scores, n_tokens)
-    ranked = [m[np.lexsort((m, -score[m], flags[m]))].tolist() for m in cands]
+    ranked = [within_order(m, score, flags, params.within, seed) for m in cands]
     accept = None
     graph = ConceptGraph()
     if params.concept_filter:

@@ -68,3 +68,37 @@ def cluster_weights(
         raise ValueError(f"allocation: unknown rule '{rule}' (cds, mass, uniform)")
     agg = np.mean if rule == "cds" else np.sum
     return [float(agg(scores[m])) if len(m) else 0.0 for m in members]
+
+
+def with_coverage(
+    weights: Sequence[float], sizes: Sequence[int], coverage: float
+) -> list[float]:
+    """Blend allocation weights with cluster sizes: a share ``coverage`` of the
+    budget follows |C_k| (what a stratified random sample gives every cluster),
+    the rest the weights. Both parts are normalised first, so ``coverage`` is
+    the budget share itself; 0 returns the weights unchanged (and no weight at
+    all falls back to sizes alone)."""
+    if not 0.0 <= coverage <= 1.0:
+        raise ValueError(f"coverage: must be in [0, 1], got {coverage}")
+    w = np.asarray(weights, dtype=np.float64)
+    n = np.asarray(sizes, dtype=np.float64)
+    if coverage == 0.0:
+        return [float(x) for x in w]
+    wn = w / w.sum() if w.sum() > 0 else n / max(n.sum(), 1.0)
+    nn = n / n.sum() if n.sum() > 0 else wn
+    return [float(x) for x in (1.0 - coverage) * wn + coverage * nn]
+
+
+def within_order(
+    members: np.ndarray, score: np.ndarray, flags: np.ndarray, rule: str, seed: int
+) -> list[int]:
+    """One cluster's ranking, flagged records last: ``ies`` = highest IES first
+    (PASER; ties by index) or ``random`` = a seeded permutation (the cluster
+    quota then draws a stratified random sample)."""
+    if rule == "ies":
+        return members[np.lexsort((members, -score[members], flags[members]))].tolist()
+    if rule == "random":
+        rng = np.random.default_rng([seed, int(members[0]) if len(members) else 0])
+        perm = members[rng.permutation(len(members))]
+        return perm[np.argsort(flags[perm], kind="stable")].tolist()
+    raise ValueError(f"within: unknown order '{rule}' (ies, random)")

@@ -16,6 +16,8 @@ from stages.select.robust import (
     degradation,
     implausible,
     robust_z,
+    with_coverage,
+    within_order,
 )
 
 torch.set_num_threads(1)
@@ -60,6 +62,62 @@ def test_mass_allocation_capped_and_redistributed():
     assert out[0] == 3 and sum(out) == 30
     # the 27 left go by weight 40 : 30 between the other two
     assert out[1] > out[2] and abs(out[1] / out[2] - 40 / 30) < 0.15
+
+
+def test_coverage_blends_size_share_with_the_rule():
+    # one ruined cluster of 100 and four intact clusters of 100 (no damage)
+    sizes = [100] * 5
+    scores = np.r_[np.full(100, 2.0), np.zeros(400)]
+    members = [np.arange(100 * c, 100 * (c + 1)) for c in range(5)]
+    mass = cluster_weights("mass", scores, members)
+    assert allocate(100, mass, sizes) == [100, 0, 0, 0, 0]
+    # coverage c: a share c of the budget follows |C_k| (20 each at c = 1),
+    # the rest the damage mass
+    for c, want in ((0.0, [100, 0, 0, 0, 0]), (0.5, [60, 10, 10, 10, 10])):
+        assert allocate(100, with_coverage(mass, sizes, c), sizes) == want
+    full = with_coverage(mass, sizes, 1.0)
+    assert allocate(100, full, sizes) == [20] * 5
+    assert with_coverage(mass, sizes, 0.0) == mass
+    # no damage anywhere: sizes alone, whatever the share
+    assert allocate(20, with_coverage([0.0] * 2, [30, 10], 0.3), [30, 10]) == [15, 5]
+    with pytest.raises(ValueError, match="coverage"):
+        with_coverage(mass, sizes, 1.5)
+
+
+def test_within_order_random_is_a_seeded_permutation_with_flags_last():
+    members = np.arange(10, 30)
+    score = np.linspace(0, 1, 40)
+    flags = np.zeros(40, bool)
+    flags[[12, 25]] = True
+    ies_order = within_order(members, score, flags, "ies", 0)
+    assert ies_order[:3] == [29, 28, 27] and ies_order[-2:] == [25, 12]
+    a = within_order(members, score, flags, "random", 3)
+    b = within_order(members, score, flags, "random", 3)
+    c = within_order(members, score, flags, "random", 4)
+    assert a == b and a != c and sorted(a) == members.tolist()
+    assert set(a[-2:]) == {12, 25}  # flagged records still come last
+    # not the IES order: a random order's top half is not the top-scored half
+    assert set(a[:9]) != set(ies_order[:9])
+    with pytest.raises(ValueError, match="within"):
+        within_order(members, score, flags, "best", 0)
+
+
+def test_within_random_fill_is_a_stratified_sample():
+    # clusters 0/1 of 200 records each; damage sends the quota to cluster 0,
+    # and inside it `random` spreads over the whole score range
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    scores = np.r_[np.linspace(0.0, 1.0, 200), np.full(200, 0.01)]
+    pool = [{"instruction": f"t{i}", "output": str(i)} for i in range(400)]
+    ntok = np.full(400, 20)
+    p = _params(mode="carp", concept_filter=False, noise_filter="none")
+    top = allocate_and_fill(p, pool, labels, scores, ntok, 40)[0].selected
+    rnd_p = p.model_copy(update={"within": "random"})
+    rnd = allocate_and_fill(rnd_p, pool, labels, scores, ntok, 40, None, 7)[0]
+    assert sorted(top) == list(range(160, 200))  # the 40 most damaged
+    picked = np.array([i for i in rnd.selected if i < 200])
+    assert len(picked) == len(top) and picked.min() < 60 and picked.max() > 140
+    again = allocate_and_fill(rnd_p, pool, labels, scores, ntok, 40, None, 7)[0]
+    assert again.selected == rnd.selected
 
 
 # -- degradation -----------------------------------------------------------------
@@ -167,6 +225,7 @@ def test_mode_profiles():
         "drop",
     )
     # an explicit option wins over the profile (an ablation of carp's set)
+    assert (f.coverage, f.within) == (0.0, "ies")
     a = _params(mode="carp", allocation="cds", embed="record")
     assert (a.allocation, a.degradation, a.embed) == ("cds", "loss_increase", "record")
     with pytest.raises(ValueError, match="mode"):
