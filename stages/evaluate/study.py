@@ -73,38 +73,50 @@ def sweep_table(
     against ``baseline``'s variants with the same other labels and seeds;
     then the same differences per family. ``baseline`` is a stage
     (``rec_random``) or a stage with labels (``rec_paser@faithful``: the
-    variants carrying those labels). Empty when it has no seed variant among
-    the models."""
+    variants carrying those labels; ``rec_full``, recovered once on the whole
+    pool without budget or seed, is the baseline of every budget and seed of
+    its world and regime). Empty when the baseline is not among the models."""
     fam = np.asarray(families)
     names = sorted(set(fam.tolist()))
     groups: dict[tuple[str, float | None], dict[int, np.ndarray]] = defaultdict(dict)
     labels: dict[str, tuple[str, tuple[str, ...]]] = {}  # method -> stage, labels
     single: list[str] = []
+    b_stage, _, b_label = baseline.partition("@")
+    b_labels = set(b_label.split("-")) if b_label else set()
+    fixed: dict[tuple[str, ...], np.ndarray] = {}  # a seedless, budget-free baseline
     for model, arr in em.items():
         v = parse_variant(model)
         if v.seed is None:
             single.append(model)
+            if v.stage == b_stage and v.budget is None and b_labels <= set(v.labels):
+                fixed[v.labels] = arr
         else:
             groups[(v.method, v.budget)][v.seed] = arr
             labels[v.method] = (v.stage, v.labels)
-    b_stage, _, b_label = baseline.partition("@")
-    b_labels = set(b_label.split("-")) if b_label else set()
 
     def is_baseline(method: str) -> bool:
         stage, own = labels[method]
         return stage == b_stage and b_labels <= set(own)
 
-    if not any(is_baseline(method) for method, _ in groups):
+    if not fixed and not any(is_baseline(method) for method, _ in groups):
         return ""
 
     def baseline_of(method: str, budget: float | None) -> dict[int, np.ndarray]:
         """The baseline's runs at the same budget whose other labels (world,
-        regime) the method's include; the most specific one."""
+        regime) the method's include; the most specific one. A baseline run
+        with neither budget nor seed (the full pool, recovered once) stands
+        for every budget and seed."""
         own = set(labels[method][1])
         fits = [
             (len(labels[m][1]), runs)
             for (m, b), runs in groups.items()
             if is_baseline(m) and b == budget and set(labels[m][1]) - b_labels <= own
+        ]
+        seeds = groups[(method, budget)]
+        fits += [
+            (len(lab), dict.fromkeys(seeds, arr))
+            for lab, arr in fixed.items()
+            if set(lab) - b_labels <= own
         ]
         return max(fits, key=lambda t: t[0])[1] if fits else {}
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _SEED = re.compile(r"^s(\d+)$")
+# a budget label: a plain decimal (float() would also read "2_4", the 2:4
+# pattern's label, as 24)
+_NUMBER = re.compile(r"^\d+(\.\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,9 @@ def parse_variant(name: str) -> Variant:
         seed = int(parts.pop()[1:])
     budget = None
     for i in range(len(parts) - 1, -1, -1):
-        try:
-            budget = float(parts[i])
-        except ValueError:
-            continue
-        del parts[i]
-        break
+        if _NUMBER.match(parts[i]):
+            budget = float(parts.pop(i))
+            break
     method = stage + ("@" + "-".join(parts) if parts else "")
     return Variant(name, method, budget, seed, stage, tuple(parts))
 

@@ -225,3 +225,29 @@ def test_report_baseline_on_the_command_line_overrides_and_is_checked(
     assert row(md, "rec_random", "0.1")[4].startswith("-0.100 [")
     assert main(["report", "study.yaml", "--baseline", "rec_god"]) != 0
     assert "did you mean 'rec_good'?" in capsys.readouterr().err
+
+
+def test_a_full_pool_baseline_stands_for_every_budget_and_seed():
+    """``rec_full@<world>-<regime>`` (no budget, no seed: the whole pool,
+    recovered once) is the baseline of every budget and seed of its own world
+    and regime; a sweep that matches it on one regime and falls short on the
+    other is told apart."""
+    rng = np.random.default_rng(5)
+    fams = ["a"] * 200 + ["b"] * 200
+    em = {}
+    for regime in ("unstructured", "2_4"):
+        full = (rng.random(400) < 0.9).astype(float)
+        em[f"rec_full@s1-{regime}"] = full
+        for budget in ("0.1", "0.2"):
+            for s in range(3):
+                run = full.copy()
+                if regime == "2_4":  # 40 of family a's right answers lost
+                    run[np.flatnonzero(full[:200] == 1)[:40]] = 0.0
+                em[f"rec_random@s1-{regime}-{budget}-s{s}"] = run
+    table = sweep_table(em, fams, "rec_full", n_boot=200)
+    for budget in ("0.1", "0.2"):
+        assert row(table, "rec_random@s1-unstructured", budget)[4] == (
+            "+0.000 [+0.000, +0.000] n.s."
+        )
+        assert row(table, "rec_random@s1-2_4", budget)[4].startswith("-0.100 [")
+    assert row(table, "rec_full@s1-2_4", "–")[4] == "–"

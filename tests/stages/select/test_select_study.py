@@ -36,6 +36,9 @@ def test_parse_variant():
         0,
     )
     assert v.method == "rec_paser@s1-2_4"
+    # "2_4" (the 2:4 pattern's label) is no budget, though float() reads it
+    v = parse_variant("rec_full@s1-2_4")
+    assert (v.labels, v.budget, v.seed) == (("s1", "2_4"), None, None)
 
 
 def test_paired_difference_known_gain_and_null():
