@@ -86,11 +86,11 @@ def sweep_table(
     fixed: dict[tuple[str, ...], np.ndarray] = {}  # a seedless, budget-free baseline
     for model, arr in em.items():
         v = parse_variant(model)
-        if v.seed is None:
+        if v.seed is None and v.budget is None:
             single.append(model)
-            if v.stage == b_stage and v.budget is None and b_labels <= set(v.labels):
+            if v.stage == b_stage and b_labels <= set(v.labels):
                 fixed[v.labels] = arr
-        else:
+        else:  # a deterministic selection at a budget runs once: seed None
             groups[(v.method, v.budget)][v.seed] = arr
             labels[v.method] = (v.stage, v.labels)
 
@@ -137,8 +137,11 @@ def sweep_table(
     ):
         ems = [_mean_em(a, fam, names) for a in runs.values()]
         spread = float(np.std(ems, ddof=1)) if len(ems) > 1 else 0.0
+        n_runs = len(runs)
         cell = "–"
         base_runs = baseline_of(method, label)
+        if None in runs and None not in base_runs:  # one run stands for each seed
+            runs = dict.fromkeys(base_runs, runs[None])
         if not is_baseline(method) and set(runs) & set(base_runs):
             d = paired_difference(runs, base_runs, list(fam), n_boot)
             cell = _cell(d["mean"], "+.3f")
@@ -148,7 +151,7 @@ def sweep_table(
                 + " |"
             )
         lines.append(
-            f"| {method} | {'–' if label is None else f'{label:g}'} | {len(runs)} | "
+            f"| {method} | {'–' if label is None else f'{label:g}'} | {n_runs} | "
             f"{np.mean(ems):.3f} ± {spread:.3f} | {cell} |"
         )
     if per_family:

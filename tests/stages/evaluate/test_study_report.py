@@ -251,3 +251,22 @@ def test_a_full_pool_baseline_stands_for_every_budget_and_seed():
         )
         assert row(table, "rec_random@s1-2_4", budget)[4].startswith("-0.100 [")
     assert row(table, "rec_full@s1-2_4", "–")[4] == "–"
+
+
+def test_a_deterministic_selection_run_once_is_compared_with_every_seed():
+    """``rec_ppl@0.1`` (a deterministic selection, no seeds: one model) is
+    paired with each of random's seeds at its budget."""
+    rng = np.random.default_rng(6)
+    fams = ["a"] * 200 + ["b"] * 200
+    em = {}
+    runs = [(rng.random(400) < 0.6).astype(float) for _ in range(3)]
+    for s, run in enumerate(runs):
+        em[f"rec_random@0.1-s{s}"] = run
+    em["rec_ppl@0.1"] = runs[0].copy()
+    table = sweep_table(em, fams, "rec_random", n_boot=300)
+    cells = row(table, "rec_ppl", "0.1")
+    assert cells[2] == "1"
+    diff = re.match(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", cells[4])
+    point, lo, hi = map(float, diff.groups())
+    want = np.mean([runs[0].mean() - r.mean() for r in runs])  # equal families
+    assert point == pytest.approx(want, abs=1e-3) and lo <= point <= hi
