@@ -197,6 +197,74 @@ def selection_table(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def damage_table(
+    reports: Sequence[tuple[str, Mapping[str, Any]]],
+    evals: Sequence[tuple[Mapping[str, np.ndarray], Sequence[str]]],
+) -> str:
+    """Markdown: how well each degradation score of a select output
+    (``family_damage`` in its ``selection.json``) ranks the families by the
+    EM the pruning cost them (reference − pruned model, from an evaluate
+    output holding both): Spearman's rho over the families, one row per
+    (pruned, reference) pair. Empty when no pair was evaluated."""
+    from scipy.stats import spearmanr
+
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for name, rep in reports:
+        damage = rep.get("family_damage")
+        params = rep.get("params") or {}
+        if not damage or not params.get("model") or not params.get("reference"):
+            continue
+        own = set(parse_variant(name).labels)
+        cols = list(next(iter(damage.values())))
+        for em, fams in evals:
+            pruned = _best_match(em, params["model"], own)
+            ref = _best_match(em, params["reference"], own)
+            if pruned is None or ref is None:
+                continue
+            if len(rows.get((pruned, ref), {})) > len(cols):  # has more scores
+                continue
+            fam = np.asarray(fams)
+            names = [f for f in sorted(damage) if (fam == f).any()]
+            drop = [
+                em[ref][fam == f].mean() - em[pruned][fam == f].mean() for f in names
+            ]
+            rho = {k: spearmanr([damage[f][k] for f in names], drop)[0] for k in cols}
+            rows[(pruned, ref)] = {k: float(v) for k, v in rho.items()} | {
+                "families": len(names)
+            }
+    if not rows:
+        return ""
+    lines = [
+        "Spearman's rho between a family's mean damage score and its EM drop "
+        "(reference − pruned), over the families:",
+        "",
+        "| pruned | reference | families | rho(JSD, EM drop) | "
+        "rho(loss increase, EM drop) |",
+        "|---|---|---|---|---|",
+    ]
+    for (pruned, ref), r in sorted(rows.items()):
+        cell = {
+            k: f"{r[k]:+.2f}" if np.isfinite(r.get(k, np.nan)) else "–"
+            for k in ("jsd", "loss_increase")
+        }
+        lines.append(
+            f"| {pruned} | {ref} | {int(r['families'])} | {cell['jsd']} | "
+            f"{cell['loss_increase']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _best_match(em: Mapping[str, np.ndarray], stage: str, own: set[str]) -> str | None:
+    """The model of ``stage`` whose labels the select's labels include (the
+    most specific one), or None."""
+    fits = [
+        (len(v.labels), m)
+        for m in em
+        if (v := parse_variant(m)).stage == stage and set(v.labels) <= own
+    ]
+    return max(fits)[1] if fits else None
+
+
 def study_sections(
     graph: Any, layout: Any, owned: Any, baseline: str | None = None
 ) -> list[tuple[str, str]]:
@@ -209,6 +277,7 @@ def study_sections(
     baseline = baseline or spec.baseline
     out: list[tuple[str, str]] = []
     selections = []
+    evals: list[tuple[dict[str, np.ndarray], list[str]]] = []
     for node in graph.nodes.values():
         if not owned(node):
             continue
@@ -219,6 +288,7 @@ def study_sections(
             and (folder / "predictions").is_dir()
         ):
             em, fams = read_em(folder)
+            evals.append((em, fams))
             text = sweep_table(em, fams, baseline, spec.bootstrap)
             if text:
                 out.append((f"Study: {node.name} against {baseline}", text))
@@ -228,4 +298,7 @@ def study_sections(
             )
     if selections:
         out.append(("Selections", selection_table(selections)))
+        damage = damage_table(selections, evals)
+        if damage:
+            out.append(("Degradation scores against the EM drop", damage))
     return out

@@ -178,13 +178,13 @@ def select(
     timing["cluster"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scores, n_tokens, new_jsd, nll = damage_scores(
+    scores, n_tokens, new_jsd, pair = damage_scores(
         params, pool, inputs, root, ctx, device
     )
     timing["jsd"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    flags = _noise_flags(params, nll, labels)
+    flags = _noise_flags(params, pair, labels)
     res, k, sizes, cds, alloc, graph = allocate_and_fill(
         params, pool, labels, scores, n_tokens, n, flags, seed
     )
@@ -226,6 +226,7 @@ def select(
         "noise_flagged_corrupted": int(
             sum(bool(pool[i].get("corrupted")) for i in flags.nonzero()[0])
         ),
+        "family_damage": _family_damage(pool, scores, pair, params.degradation),
         "concept_graph_size": len(graph),
         "jsd_pool_mean": float(scores.mean()),
         "jsd_selected_mean": sel_jsd,
@@ -246,6 +247,29 @@ def select(
     return Selection(res.selected, report, metrics, files)
 
 
+def _family_damage(
+    pool: list[dict[str, Any]], scores: Any, pair: Any, degradation: str
+) -> dict[str, dict[str, float]] | None:
+    """Mean damage score per ``family``: ``jsd`` and, when the paired pass
+    ran, ``loss_increase`` (`carp report` ranks them against each family's
+    EM drop). None when some record has no family."""
+    import numpy as np
+
+    from stages.select.robust import degradation as score_of
+
+    fams = [r.get("family") for r in pool]
+    if not fams or any(f is None for f in fams):
+        return None
+    cols = {degradation: np.asarray(scores, dtype=np.float64)}
+    if pair is not None:
+        cols = {k: score_of(k, pair) for k in ("jsd", "loss_increase")}
+    fam = np.asarray([str(f) for f in fams])
+    return {
+        f: {k: float(v[fam == f].mean()) for k, v in cols.items()}
+        for f in sorted(set(fam.tolist()))
+    }
+
+
 def _ari(pool: list[dict[str, Any]], labels: Any) -> float | None:
     """Adjusted Rand index of the clusters against the records' ``family``
     (None when some record has none)."""
@@ -257,15 +281,15 @@ def _ari(pool: list[dict[str, Any]], labels: Any) -> float | None:
     return float(adjusted_rand_score([str(f) for f in fams], labels))
 
 
-def _noise_flags(params: Params, nll: Any, labels: Any) -> Any:
+def _noise_flags(params: Params, pair: Any, labels: Any) -> Any:
     """Implausible records (bool (N,)); all False without a noise filter."""
     import numpy as np
 
     from stages.select.robust import implausible
 
-    if params.noise_filter == "none" or nll is None:
+    if params.noise_filter == "none" or pair is None:
         return np.zeros(len(labels), dtype=bool)
-    return implausible(nll[:, 0], labels, params.noise_z)
+    return implausible(pair[:, 1], labels, params.noise_z)
 
 
 def allocate_and_fill(
@@ -388,9 +412,9 @@ def damage_scores(
     device: str,
 ) -> tuple[Any, Any, int, Any]:
     """Per-record damage score (``params.degradation``), token counts, how many
-    records were freshly scored, and the answer NLLs (N, 2) = (original,
-    pruned), None when neither the score nor the noise filter needs them (the
-    paper's JSD-only pass)."""
+    records were freshly scored, and the paired scores (N, 3) = (JSD, answer
+    NLL original, answer NLL pruned), None when neither the score nor the
+    noise filter needs them (the paper's JSD-only pass)."""
     from stages.select.robust import degradation
 
     if params.degradation == "jsd" and params.noise_filter == "none":
@@ -399,7 +423,7 @@ def damage_scores(
     pair, n_tokens, new = lm_pair_scores(
         params, pool, inputs, root, ctx, device, "pair", 3, pair_batch_fn
     )
-    return degradation(params.degradation, pair), n_tokens, new, pair[:, 1:]
+    return degradation(params.degradation, pair), n_tokens, new, pair
 
 
 def jsd_scores(
