@@ -270,3 +270,28 @@ def test_a_deterministic_selection_run_once_is_compared_with_every_seed():
     point, lo, hi = map(float, diff.groups())
     want = np.mean([runs[0].mean() - r.mean() for r in runs])  # equal families
     assert point == pytest.approx(want, abs=1e-3) and lo <= point <= hi
+
+
+def test_damage_table_ranks_each_score_against_the_em_drop():
+    """A score that orders the families as their EM drop gets rho +1, one that
+    orders them backwards -1; the pruned and reference models are the ones of
+    the select's own world and regime."""
+    from stages.evaluate.study import damage_table
+
+    fams = [f for f in "abcd" for _ in range(100)]
+    em = {"base@s1": np.ones(400)}
+    for regime in ("unstructured", "2_4"):
+        pruned = np.ones(400)
+        for i in range(4):  # drops 0.1, 0.2, 0.3, 0.4 on families a-d
+            pruned[100 * i : 100 * i + 10 * (i + 1)] = 0.0
+        em[f"prune@s1-{regime}"] = pruned
+    damage = {
+        f: {"jsd": 1.0 - 0.1 * i, "loss_increase": 0.5 * i}
+        for i, f in enumerate("abcd")
+    }
+    rep = {"family_damage": damage, "params": {"model": "prune", "reference": "base"}}
+    table = damage_table([("paser@s1-2_4-carp-0.1-s0", rep)], [(em, fams)])
+    cells = row(table, "prune@s1-2_4", "base@s1")
+    assert cells[2:] == ["4", "-1.00", "+1.00"]
+    assert "prune@s1-unstructured" not in table
+    assert damage_table([("random@0.1-s0", {"params": {}})], [(em, fams)]) == ""

@@ -237,6 +237,10 @@ def test_paser_carp_mode_deterministic_with_report(world, tmp_path):
     assert rep["degradation"] == "loss_increase" and rep["noise_filter"] == "drop"
     assert -1 <= rep["ari_vs_family"] <= 1 and "|C_k|" in rep["allocation_rule"]
     assert min(rep["cds"]) >= 0  # a clipped loss increase
+    # per family: both damage scores from the one paired pass
+    fd = rep["family_damage"]
+    assert fd and all(set(v) == {"jsd", "loss_increase"} for v in fd.values())
+    assert all(v["jsd"] >= 0 and v["loss_increase"] >= 0 for v in fd.values())
     flagged = rep["noise_flagged"]
     assert sum(rep["taken"]) == len(ids[0]) and flagged < 60
     # dropped records are never selected
