@@ -112,9 +112,8 @@ def sweep_table(
             for (m, b), runs in groups.items()
             if is_baseline(m) and b == budget and set(labels[m][1]) - b_labels <= own
         ]
-        seeds = groups[(method, budget)]
         fits += [
-            (len(lab), dict.fromkeys(seeds, arr))
+            (len(lab), {None: arr})
             for lab, arr in fixed.items()
             if set(lab) - b_labels <= own
         ]
@@ -140,8 +139,11 @@ def sweep_table(
         n_runs = len(runs)
         cell = "–"
         base_runs = baseline_of(method, label)
-        if None in runs and None not in base_runs:  # one run stands for each seed
+        # a run without seed (recovered once) stands for each seed of the other side
+        if None in runs and None not in base_runs:
             runs = dict.fromkeys(base_runs, runs[None])
+        elif None in base_runs and None not in runs:
+            base_runs = dict.fromkeys(runs, base_runs[None])
         if not is_baseline(method) and set(runs) & set(base_runs):
             d = paired_difference(runs, base_runs, list(fam), n_boot)
             cell = _cell(d["mean"], "+.3f")
