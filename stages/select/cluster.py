@@ -37,6 +37,7 @@ def knn(x: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarra
     """Exact k nearest neighbours (Euclidean, self excluded) by chunked matmul.
 
     Returns ``idx`` (N, k) int64 and ``dist`` (N, k) float32, nearest first.
+    Time grows as N²: above ~10⁵ records use :func:`knn_nndescent`.
     """
     import torch
 
@@ -46,6 +47,8 @@ def knn(x: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarra
     sq = (xt * xt).sum(1)  # (N,)
     idx = np.empty((n, k), dtype=np.int64)
     dist = np.empty((n, k), dtype=np.float32)
+    # a (chunk, N) float32 block at a time: ~256 MB whatever N
+    chunk = max(1, min(chunk, (1 << 26) // max(n, 1)))
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         # |xj|² - 2 xi·xj ranks like the squared distance (|xi|² is constant)
@@ -55,6 +58,80 @@ def knn(x: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarra
         idx[s:e] = ind.numpy()
         dist[s:e] = (val + sq[s:e, None]).clamp_min(0).sqrt().numpy()
     return idx, dist
+
+
+def knn_nndescent(
+    x: np.ndarray, k: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k nearest neighbours by nearest-neighbour descent
+    (Dong et al. 2011, the ``pynndescent`` library UMAP uses), self excluded.
+
+    One thread and a fixed ``random_state``: the same graph on every run.
+    Same output as :func:`knn`; time grows about as N^1.14 instead of N².
+    """
+    from pynndescent import NNDescent
+
+    n = x.shape[0]
+    k = min(k, n - 1)
+    index = NNDescent(
+        np.ascontiguousarray(x, dtype=np.float32),
+        n_neighbors=k + 1,  # the point itself comes back as a neighbour
+        random_state=seed,
+        n_jobs=1,
+        low_memory=True,
+        compressed=True,
+        verbose=False,
+    )
+    ind, dist = index.neighbor_graph
+    return _drop_self(ind.astype(np.int64), dist.astype(np.float32), k)
+
+
+def _drop_self(
+    ind: np.ndarray, dist: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index from a (N, k+1) neighbour list (the last
+    column where the row does not list itself, e.g. among exact duplicates)."""
+    n = ind.shape[0]
+    own = ind == np.arange(n)[:, None]
+    own[~own.any(1), -1] = True  # rows without themselves: drop the farthest
+    own[np.cumsum(own, 1) > 1] = False  # exactly one column per row
+    keep = ~own
+    return ind[keep].reshape(n, k), dist[keep].reshape(n, k)
+
+
+def knn_recall(
+    x: np.ndarray, idx: np.ndarray, sample: int = 500, seed: int = 0
+) -> float:
+    """Share of the true k nearest neighbours an approximate graph found, on a
+    seeded sample of rows (exact search for those rows only: sample × N)."""
+    import torch
+
+    n, k = idx.shape
+    rows = np.random.default_rng(seed).choice(n, min(sample, n), replace=False)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    d2 = torch.cdist(xt[rows], xt)
+    d2[torch.arange(len(rows)), torch.from_numpy(rows)] = float("inf")
+    true = torch.topk(d2, k, dim=1, largest=False).indices.numpy()
+    hits = [len(np.intersect1d(true[i], idx[r])) for i, r in enumerate(rows)]
+    return float(np.sum(hits) / (len(rows) * k))
+
+
+# kNN search backends: name -> (x, k, seed) -> (idx, dist)
+KNN = {
+    "exact": lambda x, k, seed: knn(x, k),
+    "nndescent": knn_nndescent,
+}
+KNN_AUTO_EXACT_MAX = 100_000  # `auto`: exact search up to this many records
+
+
+def knn_backend(name: str, n: int) -> str:
+    """The backend ``name`` resolves to for ``n`` records (``auto``: exact up
+    to :data:`KNN_AUTO_EXACT_MAX`, nearest-neighbour descent above)."""
+    if name == "auto":
+        return "exact" if n <= KNN_AUTO_EXACT_MAX else "nndescent"
+    if name not in KNN:
+        raise ValueError(f"knn: unknown backend {name!r}; choose from {sorted(KNN)}")
+    return name
 
 
 def affinity(idx: np.ndarray, dist: np.ndarray) -> tuple[Any, float]:
@@ -198,6 +275,7 @@ class Clustering:
     eigenvalues: np.ndarray
     sigma: float
     k_curve: dict[int, float] = field(default_factory=dict)
+    knn: dict[str, Any] = field(default_factory=dict)  # backend, recall
 
 
 def cluster(
@@ -210,6 +288,7 @@ def cluster(
     t: float = 1.0,
     knn_dim: int = 0,
     seed: int = 0,
+    knn_method: str = "exact",
 ) -> Clustering:
     """Cluster embeddings (N, D): kNN affinity, diffusion map, NMF argmax.
 
@@ -217,12 +296,18 @@ def cluster(
     of the diffusion spectrum) or ``nmf_elbow`` (elbow of the NMF relative
     error, the paper's criterion; one NMF fit per K).
     ``n_components`` diffusion coordinates default to the largest K tried.
+    ``knn_method``: a :data:`KNN` backend or ``auto``; an approximate graph's
+    recall on a sample of rows is reported in ``Clustering.knn``.
     """
     n = emb.shape[0]
     kmax = min(k if k is not None else k_range[1], n - 1)
     d = min(n_components or max(kmax, k_range[1], 2), n - 2)
     x = reduce_dim(emb, knn_dim, seed)
-    idx, dist = knn(x, n_neighbors)
+    backend = knn_backend(knn_method, n)
+    idx, dist = KNN[backend](x, n_neighbors, seed)
+    knn_info: dict[str, Any] = {"backend": backend}
+    if backend != "exact":
+        knn_info["recall_sample"] = knn_recall(x, idx, seed=seed)
     a, sigma = affinity(idx, dist)
     coords, lam = diffusion_map(a, d, t, seed)
     sim = diffusion_similarity(a, coords)
@@ -243,7 +328,9 @@ def cluster(
         w, err = nmf_fit(sim, k, seed)
         curve = {k: err}
     labels = _relabel(w.argmax(1))
-    return Clustering(labels, int(labels.max()) + 1, rule, coords, lam, sigma, curve)
+    return Clustering(
+        labels, int(labels.max()) + 1, rule, coords, lam, sigma, curve, knn_info
+    )
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
