@@ -197,6 +197,7 @@ def stage_job(
     knn_dim: int,
     models: dict[str, Path],
     mode: str,
+    knn: str,
     q,
 ):
     """The select stage's run() (paser) with primed caches; ARI from its labels."""
@@ -221,6 +222,7 @@ def stage_job(
         budget=budget,
         knn_dim=knn_dim,
         mode=mode,
+        knn=knn,
     )
     inputs = {
         "pool": Path(pool_dir),
@@ -243,6 +245,7 @@ def stage_job(
     from stages.common.io import read_dataset
 
     fam = [r["family"] for r in read_dataset(Path(pool_dir))]
+    np.save(Path(out) / "labels.npy", np.asarray(captured["labels"]))
     q.put(
         {
             "n": rep["pool_size"],
@@ -254,6 +257,7 @@ def stage_job(
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "rss_before_gb": rss0 / 2**20,
             "mode": mode,
+            "knn": rep.get("knn", {}),
             "noise_flagged": rep.get("noise_flagged"),
             "corrupted_selected": rep["corrupted_selected"],
             "ari_vs_family": float(
@@ -262,6 +266,26 @@ def stage_job(
             "metrics_seconds": res.metrics["seconds"],
         }
     )
+
+
+def knn_compare(main: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """A baseline kNN backend's run against the reported one: its clustering
+    time over the reported run's, and the ARI between the two label sets."""
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    if "phases_s" not in main or "phases_s" not in other:
+        return {k: v for k, v in other.items() if k in ("skipped", "error")}
+    la, lb = (np.load(r["labels"]) for r in (main, other))
+    return {
+        "backend": other["knn"].get("backend"),
+        "cluster_s": other["phases_s"]["cluster"],
+        "cluster_time_ratio": other["phases_s"]["cluster"]
+        / main["phases_s"]["cluster"],
+        "ari_between_labels": float(adjusted_rand_score(la, lb)),
+        "k": other["k"],
+        "peak_rss_gb": other["peak_rss_gb"],
+    }
 
 
 def dense_job(pool_dir: str, ck: str, k: int, q) -> None:
@@ -338,6 +362,20 @@ def main() -> None:
         default="faithful",
         help="PASER mode of the timed stage (carp: paired scores, noise filter)",
     )
+    ap.add_argument(
+        "--knn",
+        nargs="+",
+        default=["auto", "exact"],
+        choices=["auto", "exact", "nndescent"],
+        help="kNN backends: the first is the reported run, the others its "
+        "baseline on the same pool (clustering time ratio, ARI between labels)",
+    )
+    ap.add_argument(
+        "--exact-max",
+        type=int,
+        default=250000,
+        help="skip baseline runs of the exact kNN above this many records",
+    )
     ap.add_argument("--real-embed-max", type=int, default=60000)
     ap.add_argument("--dense-max-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=1500)
@@ -392,23 +430,34 @@ def main() -> None:
         for r in pool:
             fams[r["family"]] = fams.get(r["family"], 0) + 1
         row: dict[str, Any] = {"n": n, "embeddings": kind, "families": fams}
-        out = a.work / f"sel{n}"
-        if out.exists():
-            import shutil
+        runs = {}
+        for b in a.knn:
+            if b != a.knn[0] and b == "exact" and n > a.exact_max:
+                runs[b] = {"skipped": f"exact kNN above --exact-max {a.exact_max}"}
+                continue
+            out = a.work / f"sel{n}-{b}"
+            if out.exists():
+                import shutil
 
-            shutil.rmtree(out)
-        out.mkdir()
-        row["sparse"] = measure(
-            stage_job,
-            str(pools[n]),
-            str(ck),
-            str(out),
-            a.budget,
-            a.knn_dim,
-            models,
-            a.mode,
-            timeout=a.timeout,
-        )
+                shutil.rmtree(out)
+            out.mkdir()
+            runs[b] = measure(
+                stage_job,
+                str(pools[n]),
+                str(ck),
+                str(out),
+                a.budget,
+                a.knn_dim,
+                models,
+                a.mode,
+                b,
+                timeout=a.timeout,
+            )
+            runs[b]["labels"] = str(out / "labels.npy")
+        row["sparse"] = runs[a.knn[0]]
+        row["knn_baselines"] = {
+            b: knn_compare(runs[a.knn[0]], r) for b, r in runs.items() if b != a.knn[0]
+        }
         need = DENSE_MATRICES * 8 * n**2 / 2**30
         if coef is not None:
             need = coef * n**2 / 2**30
@@ -454,20 +503,23 @@ def markdown(res: dict[str, Any]) -> str:
         "# PASER selection at scale (select stage run(), no LM forward passes)",
         "",
         f"Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_scale.py "
-        f"--sizes {res['args']['sizes']} --dense-sizes {res['args']['dense_sizes']}`"
+        f"--sizes {res['args']['sizes']} --dense-sizes {res['args']['dense_sizes']} "
+        f"--mode {res['args']['mode']} --knn {res['args']['knn']}`"
         " (one thread). Budget 20%, knn_dim "
         f"{res['args']['knn_dim']}, K by eigengap.",
         "",
-        "| N | embeddings | stage total s | of which clustering s | peak RSS GB "
-        "(before run) | dense clustering s | dense peak RSS GB | dense/sparse "
-        "clustering time | K | ARI vs family (sparse / dense) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N | embeddings | kNN (sampled recall) | stage total s | of which "
+        "clustering s | peak RSS GB (before run) | baseline kNN: clustering s "
+        "(÷ reported), ARI vs reported labels | dense clustering s | dense peak "
+        "RSS GB | dense/sparse clustering time | K | ARI vs family "
+        "(sparse / dense) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, d = r["sparse"], r["dense"]
         if "error" in s:
             lines.append(
-                f"| {r['n']} | {r['embeddings']} | {s['error']} | | | | | | | |"
+                f"| {r['n']} | {r['embeddings']} | | {s['error']} | | | | | | | | |"
             )
             continue
         if "cluster_s" in d:
@@ -476,10 +528,24 @@ def markdown(res: dict[str, Any]) -> str:
             dari = f"{d['ari_vs_family']:.3f}"
         else:
             dt, dr, ratio, dari = d.get("skipped", d.get("error", "")), "", "", "–"
+        knn = s.get("knn", {})
+        kcell = knn.get("backend", "exact")
+        if "recall_sample" in knn:
+            kcell += f" ({knn['recall_sample']:.3f})"
+        base = []
+        for b, c in r.get("knn_baselines", {}).items():
+            if "cluster_s" in c:
+                base.append(
+                    f"{b}: {c['cluster_s']:.1f} ({c['cluster_time_ratio']:.2f}×), "
+                    f"ARI {c['ari_between_labels']:.3f}"
+                )
+            else:
+                base.append(f"{b}: {c.get('skipped', c.get('error', ''))}")
         lines.append(
-            f"| {r['n']:,} | {r['embeddings']} | {s['stage_s']:.1f} | "
+            f"| {r['n']:,} | {r['embeddings']} | {kcell} | {s['stage_s']:.1f} | "
             f"{s['phases_s']['cluster']:.1f} | {s['peak_rss_gb']:.2f} "
-            f"({s['rss_before_gb']:.2f}) | {dt} | {dr} | {ratio} | {s['k']} | "
+            f"({s['rss_before_gb']:.2f}) | {'; '.join(base) or '–'} | {dt} | {dr} | "
+            f"{ratio} | {s['k']} | "
             f"{s['ari_vs_family']:.3f} / {dari} |"
         )
     m = res["minilm"]

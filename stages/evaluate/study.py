@@ -199,6 +199,14 @@ def selection_table(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# family_damage keys of a PASER selection.json, in column order, and their labels
+DAMAGE_SCORES = {
+    "jsd": "JSD",
+    "loss_increase": "loss increase",
+    "generation": "generation check",
+}
+
+
 def damage_table(
     reports: Sequence[tuple[str, Mapping[str, Any]]],
     evals: Sequence[tuple[Mapping[str, np.ndarray], Sequence[str]]],
@@ -217,7 +225,7 @@ def damage_table(
         if not damage or not params.get("model") or not params.get("reference"):
             continue
         own = set(parse_variant(name).labels)
-        cols = list(next(iter(damage.values())))
+        cols = [k for k in DAMAGE_SCORES if any(k in d for d in damage.values())]
         for em, fams in evals:
             pruned = _best_match(em, params["model"], own)
             ref = _best_match(em, params["reference"], own)
@@ -227,31 +235,36 @@ def damage_table(
                 continue
             fam = np.asarray(fams)
             names = [f for f in sorted(damage) if (fam == f).any()]
-            drop = [
-                em[ref][fam == f].mean() - em[pruned][fam == f].mean() for f in names
-            ]
-            rho = {k: spearmanr([damage[f][k] for f in names], drop)[0] for k in cols}
+            drop = {
+                f: em[ref][fam == f].mean() - em[pruned][fam == f].mean() for f in names
+            }
+            rho = {}
+            for k in cols:
+                have = [f for f in names if damage[f].get(k) is not None]
+                rho[k] = (
+                    spearmanr([damage[f][k] for f in have], [drop[f] for f in have])[0]
+                    if len(have) > 2
+                    else np.nan
+                )
             rows[(pruned, ref)] = {k: float(v) for k, v in rho.items()} | {
                 "families": len(names)
             }
     if not rows:
         return ""
+    shown = [k for k in DAMAGE_SCORES if any(k in r for r in rows.values())]
     lines = [
         "Spearman's rho between a family's mean damage score and its EM drop "
         "(reference − pruned), over the families:",
         "",
-        "| pruned | reference | families | rho(JSD, EM drop) | "
-        "rho(loss increase, EM drop) |",
-        "|---|---|---|---|---|",
+        "| pruned | reference | families | "
+        + " | ".join(f"rho({DAMAGE_SCORES[k]}, EM drop)" for k in shown)
+        + " |",
+        "|---|---|---|" + "---|" * len(shown),
     ]
     for (pruned, ref), r in sorted(rows.items()):
-        cell = {
-            k: f"{r[k]:+.2f}" if np.isfinite(r.get(k, np.nan)) else "–"
-            for k in ("jsd", "loss_increase")
-        }
+        cell = [f"{r[k]:+.2f}" if np.isfinite(r.get(k, np.nan)) else "–" for k in shown]
         lines.append(
-            f"| {pruned} | {ref} | {int(r['families'])} | {cell['jsd']} | "
-            f"{cell['loss_increase']} |"
+            f"| {pruned} | {ref} | {int(r['families'])} | " + " | ".join(cell) + " |"
         )
     return "\n".join(lines) + "\n"
 

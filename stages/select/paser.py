@@ -76,11 +76,20 @@ class Params(LMParams):
         "paper) or a seeded random order (`random`: each cluster's quota is a "
         "random sample of it).",
     )
-    degradation: Literal["jsd", "loss_increase"] = Field(
+    degradation: Literal["jsd", "loss_increase", "generation"] = Field(
         "jsd",
         description="Per-record damage: response-token JSD of the two models "
-        "(`jsd`, the paper) or max(0, NLL pruned - NLL original) of the "
-        "reference answer (`loss_increase`).",
+        "(`jsd`, the paper), max(0, NLL pruned - NLL original) of the "
+        "reference answer (`loss_increase`), or the loss increase rescaled so "
+        "that each cluster's mean is its generation check's EM drop "
+        "(`generation`; needs `generation_check`).",
+    )
+    generation_check: int = Field(
+        0,
+        ge=0,
+        description="Records per cluster (a seeded sample) answered greedily by "
+        "both models and scored by exact match; the EM drop per cluster and per "
+        "family goes to selection.json (0: no check).",
     )
     noise_filter: Literal["none", "drop", "demote"] = Field(
         "none",
@@ -156,6 +165,11 @@ class Params(LMParams):
     def _k_range(self) -> Params:
         if self.k_min > self.k_max:
             raise ValueError(f"k_min: {self.k_min} exceeds k_max {self.k_max}")
+        if self.degradation == "generation" and not self.generation_check:
+            raise ValueError(
+                "degradation: `generation` needs generation_check > 0 (records "
+                "per cluster to answer with both models, e.g. 16)"
+            )
         return self
 
 
@@ -189,6 +203,13 @@ def select(
         params, pool, inputs, root, ctx, device
     )
     timing["jsd"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    check = _generation_check(params, pool, labels, scores, inputs, root, ctx, seed)
+    if params.degradation == "generation":
+        scores = check.pop("scores")
+    check.pop("scores", None)
+    timing["generation_check"] = time.perf_counter() - t
 
     t = time.perf_counter()
     flags = _noise_flags(params, pair, labels)
@@ -234,7 +255,10 @@ def select(
         "noise_flagged_corrupted": int(
             sum(bool(pool[i].get("corrupted")) for i in flags.nonzero()[0])
         ),
-        "family_damage": _family_damage(pool, scores, pair, params.degradation),
+        "generation_check": {k: v for k, v in check.items() if k != "family"},
+        "family_damage": _family_damage(
+            pool, scores, pair, params.degradation, check.get("family")
+        ),
         "concept_graph_size": len(graph),
         "jsd_pool_mean": float(scores.mean()),
         "jsd_selected_mean": sel_jsd,
@@ -256,11 +280,16 @@ def select(
 
 
 def _family_damage(
-    pool: list[dict[str, Any]], scores: Any, pair: Any, degradation: str
-) -> dict[str, dict[str, float]] | None:
+    pool: list[dict[str, Any]],
+    scores: Any,
+    pair: Any,
+    degradation: str,
+    generation: dict[str, float | None] | None = None,
+) -> dict[str, dict[str, float | None]] | None:
     """Mean damage score per ``family``: ``jsd`` and, when the paired pass
-    ran, ``loss_increase`` (`carp report` ranks them against each family's
-    EM drop). None when some record has no family."""
+    ran, ``loss_increase``, plus the generation check's EM drop when it ran
+    (None for a family it did not sample); `carp report` ranks them against
+    each family's EM drop. None when some record has no family."""
     import numpy as np
 
     from stages.select.robust import degradation as score_of
@@ -272,9 +301,55 @@ def _family_damage(
     if pair is not None:
         cols = {k: score_of(k, pair) for k in ("jsd", "loss_increase")}
     fam = np.asarray([str(f) for f in fams])
-    return {
+    out: dict[str, dict[str, float | None]] = {
         f: {k: float(v[fam == f].mean()) for k, v in cols.items()}
         for f in sorted(set(fam.tolist()))
+    }
+    if generation is not None:
+        for f in out:
+            out[f]["generation"] = generation.get(f)
+    return out
+
+
+def _generation_check(
+    params: Params,
+    pool: list[dict[str, Any]],
+    labels: Any,
+    scores: Any,
+    inputs: dict[str, Path],
+    root: Path,
+    ctx: RunContext,
+    seed: int,
+) -> dict[str, Any]:
+    """The generation check (stages/select/gencheck.py) when
+    ``generation_check`` > 0: EM drop per cluster and per family of the sample,
+    and the records' scores rescaled to the clusters' drops (``scores``)."""
+    import numpy as np
+
+    from stages.select import gencheck
+
+    if not params.generation_check:
+        return {}
+    idx = gencheck.sample_per_cluster(labels, params.generation_check, seed)
+    hits, new = gencheck.generation_hits(
+        params, pool, idx, inputs, root, ctx, _device(params)
+    )
+    k = int(labels.max()) + 1
+    drop = gencheck.cluster_damage(hits, labels[idx], k)
+    fam = np.asarray([str(pool[i].get("family")) for i in idx])
+    per_fam = {
+        f: float(hits[fam == f, 0].mean() - hits[fam == f, 1].mean())
+        for f in sorted(set(fam.tolist()))
+    }
+    return {
+        "per_cluster": params.generation_check,
+        "sampled": len(idx),
+        "generated": new,
+        "em_original": float(hits[:, 0].mean()) if len(idx) else None,
+        "em_pruned": float(hits[:, 1].mean()) if len(idx) else None,
+        "cluster_em_drop": [None if np.isnan(d) else float(d) for d in drop],
+        "family": per_fam,
+        "scores": gencheck.scale_to_clusters(scores, labels, drop),
     }
 
 
@@ -434,7 +509,9 @@ def damage_scores(
     pair, n_tokens, new = lm_pair_scores(
         params, pool, inputs, root, ctx, device, "pair", 3, pair_batch_fn
     )
-    return degradation(params.degradation, pair), n_tokens, new, pair
+    # `generation` orders records inside a cluster by their loss increase
+    kind = "loss_increase" if params.degradation == "generation" else params.degradation
+    return degradation(kind, pair), n_tokens, new, pair
 
 
 def jsd_scores(

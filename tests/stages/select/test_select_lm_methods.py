@@ -245,3 +245,73 @@ def test_paser_carp_mode_deterministic_with_report(world, tmp_path):
     assert sum(rep["taken"]) == len(ids[0]) and flagged < 60
     # dropped records are never selected
     assert sum(rep["allocated"]) <= 60 - flagged
+
+
+def test_generation_check_identical_models_no_drop(world, tmp_path):
+    """Both sides the same model: the same greedy answers, so every cluster's
+    EM drop is exactly 0; a second run generates nothing (cached)."""
+    from stages.select.gencheck import generation_hits
+
+    root, _ = world
+    p = paser_m.Params(pool="world", model="prune", reference="prune", budget=5)
+    pool = read_dataset(root / "world")
+    idx = np.arange(0, 60, 4)
+    inp = _inputs(root, ref="prune")
+    hits, new = generation_hits(p, pool, idx, inp, tmp_path, RunContext(), "cpu")
+    assert hits.shape == (15, 2) and new == 15
+    assert np.array_equal(hits[:, 0], hits[:, 1])
+    again, new2 = generation_hits(p, pool, idx, inp, tmp_path, RunContext(), "cpu")
+    assert new2 == 0 and np.array_equal(again, hits)
+
+
+def _fake_answers(monkeypatch):
+    """Greedy answers without generation: the original model answers every
+    record right, the pruned one (most weights zero) fails family ``add``."""
+    from stages.evaluate import generation
+
+    def fake(model, tok, recs, budget, batch_size=32, progress=None):
+        w = model.model.layers[0].mlp.up_proj.weight
+        pruned = bool((w == 0).float().mean() > 0.5)
+        return [
+            "wrong" if pruned and r["family"] == "add" else r["output"] for r in recs
+        ]
+
+    monkeypatch.setattr(generation, "greedy_generate", fake)
+
+
+def test_generation_degradation_follows_the_em_drop(world, tmp_path, monkeypatch):
+    _fake_answers(monkeypatch)
+    root, _ = world
+    p = paser_m.Params(
+        pool="world",
+        model="prune",
+        reference="base",
+        budget=0.25,
+        mode="carp",
+        degradation="generation",
+        generation_check=4,
+        noise_filter="none",
+        k_max=6,
+        n_neighbors=5,
+    )
+    run(p, _inputs(root), tmp_path / "g", RunContext(checkpoint_dir=tmp_path / "ck"))
+    rep = json.loads((tmp_path / "g" / "selection.json").read_text())
+    chk = rep["generation_check"]
+    assert chk["em_original"] == 1.0 and chk["sampled"] <= 4 * rep["k"]
+    fam = rep["family_damage"]
+    assert fam["add"]["generation"] == 1.0
+    assert fam["reverse"]["generation"] == fam["capital"]["generation"] == 0.0
+    # a cluster's weight is its EM drop: clusters with no drop get no budget
+    # when the damaged ones can hold it
+    drop = np.asarray([d or 0.0 for d in chk["cluster_em_drop"]])
+    sizes, taken = np.asarray(rep["cluster_sizes"]), np.asarray(rep["taken"])
+    assert rep["cds"] == pytest.approx(drop.clip(0), abs=1e-9)
+    if sizes[drop > 0].sum() >= 15:
+        assert taken[drop <= 0].sum() == 0 and taken.sum() == 15
+
+
+def test_generation_degradation_needs_the_check():
+    with pytest.raises(ValidationError, match="generation_check > 0"):
+        paser_m.Params(
+            pool="w", model="p", reference="b", budget=5, degradation="generation"
+        )
