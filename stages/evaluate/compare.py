@@ -56,8 +56,11 @@ def pair_name(a: str, b: str) -> str:
     return f"{b}-vs-{a}"
 
 
-def pairs(models: list[str]) -> list[tuple[str, str]]:
-    """Every (earlier, later) pair in the stage's model order."""
+def pairs(models: list[str], against_first: bool = False) -> list[tuple[str, str]]:
+    """Every (earlier, later) pair in the stage's model order, or only the
+    pairs (first model, later model) with ``against_first``."""
+    if against_first:
+        return [(models[0], m) for m in models[1:]]
     return list(combinations(models, 2))
 
 
@@ -168,9 +171,11 @@ def compare(
     models: list[str],
     results: dict[str, dict[str, float]],
     seed: int,
+    against_first: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Adds interval keys to each model's results and returns the paired
-    differences by pair name (``<b>-vs-<a>``)."""
+    differences by pair name (``<b>-vs-<a>``): every pair, or each model
+    against the first with ``against_first``."""
     em = {m: _read(out_dir / "predictions" / f"{m}.jsonl", "em") for m in models}
     ratios = _ratio_runs(out_dir, models)
     pooled = _pooled_runs(out_dir, models)
@@ -189,7 +194,7 @@ def compare(
                 bounds = ratio_bootstrap(nums, dens, f, rng_seed(seed, m, tag))
                 results[m][f"{metric}_lo"], results[m][f"{metric}_hi"] = bounds
     diffs: dict[str, dict[str, float]] = {}
-    for a, b in pairs(models):
+    for a, b in pairs(models, against_first):
         name, d = pair_name(a, b), {}
         if em[a] and em[b]:
             d.update(em_difference(em[a], em[b], rng_seed(seed, name, "em")))

@@ -48,6 +48,13 @@ class Params(KindParams):
         "paired-bootstrap interval holding 0, or (mcnemar) McNemar's mid-p >= "
         "0.05 for exact-match and accuracy rows; metrics.json has both.",
     )
+    compare: Literal["all", "first"] = Field(
+        "all",
+        description="Paired differences computed: every pair of models (`all`), "
+        "or each model against the first listed only (`first`: n-1 pairs instead "
+        "of n(n-1)/2, for wide sweeps; `carp report` pairs a study's variants "
+        "itself from the predictions either way).",
+    )
     choices_file: str | None = Field(
         None,
         description="multiple_choice suite: a JSONL of question/choices/answer "
@@ -243,7 +250,9 @@ def evaluate(
         if relate is not None and params.oracle is not None:
             oracle = next((n for n in names if n == params.oracle), None)
             results = relate(results, oracle, out_dir, ctx.seed)
-    diffs = compare(out_dir, names, results, ctx.seed)
+    diffs = compare(
+        out_dir, names, results, ctx.seed, against_first=params.compare == "first"
+    )
     table = markdown_table(results, names, diffs, params.paired_test)
     across = seed_summary(results, names)  # swept stages with `seeds:`
     if across:

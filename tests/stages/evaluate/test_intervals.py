@@ -116,6 +116,18 @@ def test_compare_reads_prediction_files_and_names_pairs_later_minus_earlier(
     assert d["em/mean"] == pytest.approx(-0.5)
     assert results["base"]["em/add_lo"] == pytest.approx(wilson(3, 3)[0])
     assert diffs == compare(tmp_path, ["base", "prune"], results, seed=0)  # seeded
+    # a third model: all pairs, or each against the first only (same values)
+    (tmp_path / "predictions" / "rec.jsonl").write_text(
+        (tmp_path / "predictions" / "base.jsonl").read_text()
+    )
+    results["rec"] = dict(results["base"])
+    names = ["base", "prune", "rec"]
+    every = compare(tmp_path, names, results, seed=0)
+    first = compare(tmp_path, names, results, seed=0, against_first=True)
+    assert set(every) == {"prune-vs-base", "rec-vs-base", "rec-vs-prune"}
+    assert set(first) == {"prune-vs-base", "rec-vs-base"}
+    assert first["rec-vs-base"] == every["rec-vs-base"]
+    assert first["rec-vs-base"]["em/mean"] == 0.0
 
 
 def test_em_on_seen_and_unseen_problems_from_world_flags(tmp_path: Path):
