@@ -297,14 +297,10 @@ def study_sections(
         if not owned(node):
             continue
         folder = layout.out(node.name)
-        if (
-            node.kind == "evaluate"
-            and spec.baseline
-            and (folder / "predictions").is_dir()
-        ):
+        if node.kind == "evaluate" and (folder / "predictions").is_dir():
             em, fams = read_em(folder)
-            evals.append((em, fams))
-            text = sweep_table(em, fams, baseline, spec.bootstrap)
+            evals.append((em, fams))  # the damage table needs no baseline
+            text = sweep_table(em, fams, baseline, spec.bootstrap) if baseline else ""
             if text:
                 out.append((f"Study: {node.name} against {baseline}", text))
         if node.kind == "select" and (folder / "selection.json").exists():
