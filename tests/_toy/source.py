@@ -11,6 +11,11 @@ class Params(StageParams):
     method: Literal["count"] = "count"
     n: int = Field(3, ge=1, description="How many records.")
     sleep: float = Field(0.0, ge=0, description="Seconds to wait (flow tests).")
+    rendezvous: str | None = Field(
+        None,
+        description="A folder: announce this node there, then wait (at most 60 s) "
+        "until two nodes have, so concurrent nodes provably overlap.",
+    )
 
 
 def run(params, inputs, out_dir, ctx):
@@ -20,6 +25,14 @@ def run(params, inputs, out_dir, ctx):
     from stages.common.io import write_dataset
 
     start = time.time()
+    if params.rendezvous:
+        from pathlib import Path
+
+        folder = Path(params.rendezvous)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"n{params.n}").touch()
+        while len(list(folder.iterdir())) < 2 and time.time() - start < 60:
+            time.sleep(0.05)
     time.sleep(params.sleep)
 
     recs = [

@@ -46,7 +46,14 @@ def test_parallel_nodes_overlap_in_worker_processes_with_lineage(
     uri = f"sqlite:///{tmp_path}/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stages = {
-        "src": {"kind": "toysrc", "sleep": 2.0, "matrix": {"n": [1, 2, 3, 4]}},
+        "src": {
+            "kind": "toysrc",
+            "sleep": 0.5,
+            # the first two nodes wait for each other: they overlap however
+            # slowly the workers start on a loaded machine
+            "rendezvous": str(tmp_path / "rendezvous"),
+            "matrix": {"n": [1, 2, 3, 4]},
+        },
         "add": {"kind": "toyadd", "data": "src"},
     }
     f = write(tmp_path, stages)
