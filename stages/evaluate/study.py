@@ -27,8 +27,12 @@ import numpy as np
 from stages.select.study import (
     paired_difference,
     parse_variant,
+    pooled_difference,
     random_corrupted_range,
 )
+
+# pooled cells: (stage, method labels, budget) -> [(diff, replicates, lo, hi)]
+Pooled = dict[tuple[str, tuple[str, ...], float | None], list[tuple]]
 
 
 def read_em(eval_dir: Path) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -67,6 +71,7 @@ def sweep_table(
     families: Sequence[str],
     baseline: str,
     n_boot: int = 2000,
+    pooled: Pooled | None = None,
 ) -> str:
     """Markdown: mean EM (mean of family means) of every model; for the seed
     variants of a swept stage, mean ± std over seeds and the paired difference
@@ -75,7 +80,9 @@ def sweep_table(
     (``rec_random``) or a stage with labels (``rec_paser@faithful``: the
     variants carrying those labels; ``rec_full``, recovered once on the whole
     pool without budget or seed, is the baseline of every budget and seed of
-    its world and regime). Empty when the baseline is not among the models."""
+    its world and regime). Empty when the baseline is not among the models.
+    ``pooled`` (a dict) collects each difference under its method's own labels
+    (those the baseline run lacks) and budget, for :func:`pooled_table`."""
     fam = np.asarray(families)
     names = sorted(set(fam.tolist()))
     groups: dict[tuple[str, float | None], dict[int, np.ndarray]] = defaultdict(dict)
@@ -101,23 +108,26 @@ def sweep_table(
     if not fixed and not any(is_baseline(method) for method, _ in groups):
         return ""
 
-    def baseline_of(method: str, budget: float | None) -> dict[int, np.ndarray]:
+    def baseline_of(
+        method: str, budget: float | None
+    ) -> tuple[tuple[str, ...], dict[int, np.ndarray]]:
         """The baseline's runs at the same budget whose other labels (world,
         regime) the method's include; the most specific one. A baseline run
         with neither budget nor seed (the full pool, recovered once) stands
         for every budget and seed."""
         own = set(labels[method][1])
         fits = [
-            (len(labels[m][1]), runs)
+            (len(labels[m][1]), labels[m][1], runs)
             for (m, b), runs in groups.items()
             if is_baseline(m) and b == budget and set(labels[m][1]) - b_labels <= own
         ]
         fits += [
-            (len(lab), {None: arr})
+            (len(lab), lab, {None: arr})
             for lab, arr in fixed.items()
             if set(lab) - b_labels <= own
         ]
-        return max(fits, key=lambda t: t[0])[1] if fits else {}
+        best = max(fits, key=lambda t: t[0]) if fits else (0, (), {})
+        return best[1], best[2]
 
     lines = [
         f"Mean EM (mean of family means) and the paired difference against "
@@ -138,15 +148,24 @@ def sweep_table(
         spread = float(np.std(ems, ddof=1)) if len(ems) > 1 else 0.0
         n_runs = len(runs)
         cell = "–"
-        base_runs = baseline_of(method, label)
+        base_labels, base_runs = baseline_of(method, label)
         # a run without seed (recovered once) stands for each seed of the other side
         if None in runs and None not in base_runs:
             runs = dict.fromkeys(base_runs, runs[None])
         elif None in base_runs and None not in runs:
             base_runs = dict.fromkeys(runs, base_runs[None])
         if not is_baseline(method) and set(runs) & set(base_runs):
-            d = paired_difference(runs, base_runs, list(fam), n_boot)
+            reps: list[np.ndarray] = []
+            d = paired_difference(
+                runs, base_runs, list(fam), n_boot, keep_replicates=reps
+            )
             cell = _cell(d["mean"], "+.3f")
+            if pooled is not None:
+                stage, own = labels[method]
+                key = (stage, tuple(x for x in own if x not in base_labels), label)
+                pooled.setdefault(key, []).append(
+                    (d["mean"][0], reps[0], *d["mean"][1:])
+                )
             per_family.append(
                 f"| {method} | {'–' if label is None else f'{label:g}'} | "
                 + " | ".join(_cell(d[f], "+.2f") for f in names)
@@ -166,6 +185,44 @@ def sweep_table(
             *per_family,
         ]
     return "\n".join(lines) + "\n"
+
+
+def pooled_table(pooled: Pooled, baseline: str) -> str:
+    """Markdown: per method and budget, the mean over the study's cells (each
+    evaluate stage's worlds and regimes) of the paired difference against
+    ``baseline``, with a 95% interval from the cells' pooled bootstrap
+    replicates, and how many cells are above / below 0 on their own interval."""
+    rows = []
+    for (stage, own, budget), cells in sorted(
+        pooled.items(), key=lambda kv: (kv[0][2] or 0.0, kv[0][0], kv[0][1])
+    ):
+        point, lo, hi = pooled_difference([(c[0], c[1]) for c in cells])
+        up = sum(c[2] > 0 for c in cells)
+        down = sum(c[3] < 0 for c in cells)
+        name = stage + ("@" + "-".join(own) if own else "")
+        rows.append(
+            f"| {name} | {'–' if budget is None else f'{budget:g}'} | {len(cells)} | "
+            f"{_cell((point, lo, hi), '+.4f')} | {up} | {down} |"
+        )
+    if not rows:
+        return ""
+    return (
+        "\n".join(
+            [
+                f"Mean over cells (every world and regime) of the paired difference "
+                f"against `{baseline}`; 95% interval from the cells' bootstrap "
+                "replicates averaged index by index (replicate b resamples every cell "
+                "with the same draws, so cells sharing eval records move together); "
+                "cells whose own interval lies above / below 0.",
+                "",
+                "| model | budget | cells | mean difference [95% CI] | cells above 0 | "
+                "cells below 0 |",
+                "|---|---|---|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def selection_table(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -293,6 +350,7 @@ def study_sections(
     out: list[tuple[str, str]] = []
     selections = []
     evals: list[tuple[dict[str, np.ndarray], list[str]]] = []
+    pooled: Pooled = {}
     for node in graph.nodes.values():
         if not owned(node):
             continue
@@ -300,13 +358,24 @@ def study_sections(
         if node.kind == "evaluate" and (folder / "predictions").is_dir():
             em, fams = read_em(folder)
             evals.append((em, fams))  # the damage table needs no baseline
-            text = sweep_table(em, fams, baseline, spec.bootstrap) if baseline else ""
+            text = (
+                sweep_table(em, fams, baseline, spec.bootstrap, pooled)
+                if baseline
+                else ""
+            )
             if text:
                 out.append((f"Study: {node.name} against {baseline}", text))
         if node.kind == "select" and (folder / "selection.json").exists():
             selections.append(
                 (node.name, json.loads((folder / "selection.json").read_text()))
             )
+    if sum(len(c) for c in pooled.values()) > len(pooled):  # some method in 2+ cells
+        out.append(
+            (
+                f"Study: pooled over cells against {baseline}",
+                pooled_table(pooled, baseline),
+            )
+        )
     if selections:
         out.append(("Selections", selection_table(selections)))
         damage = damage_table(selections, evals)

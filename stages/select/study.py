@@ -58,6 +58,7 @@ def paired_difference(
     families: Sequence[str],
     n_boot: int = 2000,
     seed: int = 0,
+    keep_replicates: list[np.ndarray] | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     """Mean EM difference method - baseline, overall (mean of family means)
     and per family, with 95% percentile intervals.
@@ -67,7 +68,8 @@ def paired_difference(
     have count. Each bootstrap replicate resamples the seeds and, within each
     family, the records (the same records for every seed and both arms), so
     the interval holds training-seed and eval-sample variation. Returns
-    ``{"mean": (diff, lo, hi), <family>: (...)}``."""
+    ``{"mean": (diff, lo, hi), <family>: (...)}``; ``keep_replicates`` (a list)
+    gets the overall difference's bootstrap replicates appended."""
     seeds = sorted(set(method) & set(base))
     if not seeds:
         raise ValueError("paired_difference: no seed in common with the baseline")
@@ -88,10 +90,28 @@ def paired_difference(
         pick = {f: rng.choice(i, len(i)) for f, i in idx.items()}
         for k, v in stats(ds, pick).items():
             reps[k][b] = v
-    return {
+    out = {
         k: (point[k], float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975)))
         for k, r in reps.items()
     }
+    if keep_replicates is not None:
+        keep_replicates.append(reps["mean"])
+    return out
+
+
+def pooled_difference(
+    cells: Sequence[tuple[float, np.ndarray]],
+) -> tuple[float, float, float]:
+    """The mean of independent cells' differences (e.g. a study's worlds and
+    pruning regimes at one budget) with a 95% interval. ``cells``: each cell's
+    point difference and its bootstrap replicates (same count for every cell);
+    a pooled replicate is the mean of the cells' replicates of the same index,
+    valid because every cell was resampled on its own (its seeds and records)."""
+    if not cells:
+        raise ValueError("pooled_difference: no cell")
+    point = float(np.mean([p for p, _ in cells]))
+    reps = np.mean(np.stack([r for _, r in cells]), axis=0)
+    return point, float(np.quantile(reps, 0.025)), float(np.quantile(reps, 0.975))
 
 
 def random_corrupted_range(

@@ -295,3 +295,37 @@ def test_damage_table_ranks_each_score_against_the_em_drop():
     assert cells[2:] == ["4", "-1.00", "+1.00"]
     assert "prune@s1-unstructured" not in table
     assert damage_table([("random@0.1-s0", {"params": {}})], [(em, fams)]) == ""
+
+
+def test_pooled_table_averages_cells_with_a_narrower_interval():
+    """Two worlds (labels w0, w1) with the same planted gain: the pooled row
+    holds both cells, its point is the mean of the cells' differences and its
+    interval lies inside the union of theirs; a null method stays n.s."""
+    from stages.evaluate.study import pooled_table
+
+    em = {}
+    fams: list[str] = []
+    for w, seed in (("w0", 2), ("w1", 3)):
+        part, fams = sweep(np.random.default_rng(seed), gain=0.1)
+        em.update(
+            {k.replace("@", f"@{w}-") if "@" in k else k: v for k, v in part.items()}
+        )
+    pooled: dict = {}
+    table = sweep_table(em, fams, "rec_random", n_boot=400, pooled=pooled)
+    assert set(pooled) == {
+        (stage, (), b) for stage in ("rec_good", "rec_same") for b in (0.1, 0.2)
+    }
+    cells = pooled[("rec_good", (), 0.1)]
+    assert len(cells) == 2 and all(len(c[1]) == 400 for c in cells)
+    own = [row(table, f"rec_good@{w}", "0.1")[4] for w in ("w0", "w1")]
+    assert all(not c.endswith("n.s.") for c in own)
+    text = pooled_table(pooled, "rec_random")
+    good = row(text, "rec_good", "0.1")
+    assert good[2] == "2" and good[4:] == ["2", "0"]
+    point, lo, hi = map(
+        float,
+        re.match(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", good[3]).groups(),
+    )
+    assert point == pytest.approx(np.mean([c[0] for c in cells]), abs=1e-4)
+    assert min(c[2] for c in cells) < lo < point < hi < max(c[3] for c in cells)
+    assert row(text, "rec_same", "0.2")[3] == "+0.0000 [+0.0000, +0.0000] n.s."
