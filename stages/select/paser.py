@@ -205,10 +205,13 @@ def select(
     timing["jsd"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    check = _generation_check(params, pool, labels, scores, inputs, root, ctx, seed)
+    check, per_family, drop = _generation_check(
+        params, pool, labels, inputs, root, ctx, seed
+    )
     if params.degradation == "generation":
-        scores = check.pop("scores")
-    check.pop("scores", None)
+        from stages.select.gencheck import scale_to_clusters
+
+        scores = scale_to_clusters(scores, labels, drop)
     timing["generation_check"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -255,9 +258,9 @@ def select(
         "noise_flagged_corrupted": int(
             sum(bool(pool[i].get("corrupted")) for i in flags.nonzero()[0])
         ),
-        "generation_check": {k: v for k, v in check.items() if k != "family"},
+        "generation_check": check,
         "family_damage": _family_damage(
-            pool, scores, pair, params.degradation, check.get("family")
+            pool, scores, pair, params.degradation, per_family
         ),
         "concept_graph_size": len(graph),
         "jsd_pool_mean": float(scores.mean()),
@@ -315,42 +318,45 @@ def _generation_check(
     params: Params,
     pool: list[dict[str, Any]],
     labels: Any,
-    scores: Any,
     inputs: dict[str, Path],
     root: Path,
     ctx: RunContext,
     seed: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, float] | None, Any]:
     """The generation check (stages/select/gencheck.py) when
-    ``generation_check`` > 0: EM drop per cluster and per family of the sample,
-    and the records' scores rescaled to the clusters' drops (``scores``)."""
+    ``generation_check`` > 0: its report for selection.json, the EM drop per
+    family of the sample and per cluster (None, None when off)."""
     import numpy as np
 
     from stages.select import gencheck
 
     if not params.generation_check:
-        return {}
+        return {}, None, None
     idx = gencheck.sample_per_cluster(labels, params.generation_check, seed)
     hits, new = gencheck.generation_hits(
         params, pool, idx, inputs, root, ctx, _device(params)
     )
-    k = int(labels.max()) + 1
-    drop = gencheck.cluster_damage(hits, labels[idx], k)
-    fam = np.asarray([str(pool[i].get("family")) for i in idx])
-    per_fam = {
-        f: float(hits[fam == f, 0].mean() - hits[fam == f, 1].mean())
-        for f in sorted(set(fam.tolist()))
-    }
-    return {
+    drop = gencheck.cluster_damage(hits, labels[idx], int(labels.max()) + 1)
+    # the same EM drop with the sample grouped by family instead of cluster
+    names, fam = np.unique(
+        [str(pool[i].get("family")) for i in idx], return_inverse=True
+    )
+    per_family = dict(
+        zip(
+            names.tolist(),
+            gencheck.cluster_damage(hits, fam, len(names)).tolist(),
+            strict=True,
+        )
+    )
+    report = {
         "per_cluster": params.generation_check,
         "sampled": len(idx),
         "generated": new,
         "em_original": float(hits[:, 0].mean()) if len(idx) else None,
         "em_pruned": float(hits[:, 1].mean()) if len(idx) else None,
         "cluster_em_drop": [None if np.isnan(d) else float(d) for d in drop],
-        "family": per_fam,
-        "scores": gencheck.scale_to_clusters(scores, labels, drop),
     }
+    return report, per_family, drop
 
 
 def _ari(pool: list[dict[str, Any]], labels: Any) -> float | None:
