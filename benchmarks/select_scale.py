@@ -211,8 +211,8 @@ def stage_job(
     captured: dict[str, Any] = {}
     inner = paser.cluster_pool
 
-    def spy(params: Any, emb: Any, seed: int) -> dict[str, Any]:
-        captured.update(inner(params, emb, seed))
+    def spy(params: Any, emb: Any, seed: int, pool: Any = None) -> dict[str, Any]:
+        captured.update(inner(params, emb, seed, pool))
         return captured
 
     paser.cluster_pool = spy  # the stage looks it up by name: labels for the ARI

@@ -55,6 +55,14 @@ class Params(LMParams):
     clustering: bool = Field(
         True, description="Cluster the pool (False: ablation, one cluster)."
     )
+    groups: Literal["clusters", "family"] = Field(
+        "clusters",
+        description="What the budget is allocated over: the clusters of the "
+        "embedding graph (`clusters`, the paper) or the records' own `family` "
+        "field (`family`: a labelled task mixture; no clustering, every record "
+        "needs one). With `degradation: generation` this is the allocation by "
+        "measured capability loss per task.",
+    )
     allocation: Literal["cds", "mass", "uniform"] = Field(
         "cds",
         description="Budget per cluster proportional to its CDS, the mean score "
@@ -194,7 +202,7 @@ def select(
     timing["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    clus = cluster_pool(params, emb, seed)
+    clus = cluster_pool(params, emb, seed, pool)
     labels = clus["labels"]
     timing["cluster"] = time.perf_counter() - t
 
@@ -234,6 +242,8 @@ def select(
     report = {
         "k": k,
         "k_rule": clus["rule"],
+        "groups": params.groups,
+        **({"group_names": clus["names"]} if "names" in clus else {}),
         "k_curve": clus["curve"],
         "sigma": clus["sigma"],
         "diffusion_eigenvalues": clus["eigenvalues"],
@@ -456,12 +466,27 @@ def _embed(
     )
 
 
-def cluster_pool(params: Params, emb: Any, seed: int) -> dict[str, Any]:
-    """Labels and diagnostics; one cluster (and a 2-D map) when clustering is off."""
+def cluster_pool(
+    params: Params, emb: Any, seed: int, pool: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Labels and diagnostics; one cluster (and a 2-D map) when clustering is
+    off, the records' families with ``groups: family``."""
     import numpy as np
 
     from stages.select.cluster import cluster, reduce_dim
 
+    if params.groups == "family":
+        names, labels = family_labels(pool or [])
+        return {
+            "labels": labels,
+            "coords": reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb,
+            "rule": f"groups: family ({len(names)} families)",
+            "curve": {},
+            "sigma": None,
+            "eigenvalues": [],
+            "knn": {},
+            "names": names,
+        }
     if not params.clustering or len(emb) < 4:
         coords = reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb
         return {
@@ -493,6 +518,22 @@ def cluster_pool(params: Params, emb: Any, seed: int) -> dict[str, Any]:
         "eigenvalues": [float(x) for x in c.eigenvalues],
         "knn": c.knn,
     }
+
+
+def family_labels(pool: list[dict[str, Any]]) -> tuple[list[str], Any]:
+    """(sorted family names, label of each record) from the records' `family`
+    field; a clear error naming the first record without one."""
+    import numpy as np
+
+    missing = next((i for i, r in enumerate(pool) if r.get("family") is None), None)
+    if missing is not None:
+        raise ValueError(
+            f"groups: family needs a `family` field on every pool record; record "
+            f"{missing} (id {pool[missing].get('id', '?')!r}) has none. Use "
+            "`groups: clusters` for an unlabelled pool."
+        )
+    names, labels = np.unique([str(r["family"]) for r in pool], return_inverse=True)
+    return names.tolist(), labels.astype(np.int64)
 
 
 def damage_scores(

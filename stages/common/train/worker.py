@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         result["world_size"] = world
         Path(job["work_dir"], RESULT_FILE).write_text(json.dumps(result))
     backend.barrier()
+    # gloo's worker threads must be joined before the interpreter finalizes:
+    # without this a rank sometimes aborts at exit ("terminate called without
+    # an active exception", pytorch/pytorch#190489) after a finished run
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

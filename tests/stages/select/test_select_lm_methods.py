@@ -315,3 +315,39 @@ def test_generation_degradation_needs_the_check():
         paser_m.Params(
             pool="w", model="p", reference="b", budget=5, degradation="generation"
         )
+
+
+def test_family_groups_spend_the_budget_where_the_em_dropped(
+    world, tmp_path, monkeypatch
+):
+    """groups: family + degradation: generation allocates over the records'
+    families by their EM drop: only `add` fails, so the whole budget (15 of
+    its 20 records, the corrupted one dropped by the noise filter or not)
+    goes to `add`."""
+    _fake_answers(monkeypatch)
+    root, recs = world
+    p = paser_m.Params(
+        pool="world",
+        model="prune",
+        reference="base",
+        budget=0.25,
+        mode="carp",
+        groups="family",
+        degradation="generation",
+        generation_check=6,
+    )
+    run(p, _inputs(root), tmp_path / "f", RunContext(checkpoint_dir=tmp_path / "ck"))
+    rep = json.loads((tmp_path / "f" / "selection.json").read_text())
+    assert rep["groups"] == "family" and rep["group_names"] == sorted(FAMILIES)
+    assert rep["k"] == 3 and rep["ari_vs_family"] == 1.0
+    assert rep["cluster_sizes"] == [20, 20, 20]
+    assert rep["generation_check"]["cluster_em_drop"] == [1.0, 0.0, 0.0]
+    assert rep["taken"] == [15, 0, 0]
+    got = read_dataset(tmp_path / "f")
+    assert len(got) == 15 and {r["family"] for r in got} == {"add"}
+
+
+def test_family_groups_name_the_record_without_a_family(tmp_path):
+    pool = [{"id": "a", "family": "x"}, {"id": "b"}]
+    with pytest.raises(ValueError, match=r"record 1 \(id 'b'\) has none"):
+        paser_m.family_labels(pool)
