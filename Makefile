@@ -10,14 +10,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: anything else would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,dask]' torch==2.13.0
+	# every other library at the version in constraints.txt (reproducible runs)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,dask]' torch==2.13.0
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +33,10 @@ test: install  ## set up, lint, run the default test suite
 	ruff check .
 	ruff format --check .
 	pytest -q
+
+lock: install  ## rewrite constraints.txt from the installed environment
+	{ sed -n '1,/^# pyproject/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 lint:
 	ruff check . && ruff format --check .
