@@ -473,31 +473,15 @@ def cluster_pool(
     off, the records' families with ``groups: family``."""
     import numpy as np
 
-    from stages.select.cluster import cluster, reduce_dim
+    from stages.select.cluster import cluster
 
     if params.groups == "family":
         names, labels = family_labels(pool or [])
-        return {
-            "labels": labels,
-            "coords": reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb,
-            "rule": f"groups: family ({len(names)} families)",
-            "curve": {},
-            "sigma": None,
-            "eigenvalues": [],
-            "knn": {},
-            "names": names,
-        }
+        rule = f"groups: family ({len(names)} families)"
+        return {**_given_labels(emb, seed, labels, rule), "names": names}
     if not params.clustering or len(emb) < 4:
-        coords = reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb
-        return {
-            "labels": np.zeros(len(emb), dtype=np.int64),
-            "coords": coords,
-            "rule": "ablation: no clustering (one cluster)",
-            "curve": {},
-            "sigma": None,
-            "eigenvalues": [],
-            "knn": {},
-        }
+        one = np.zeros(len(emb), dtype=np.int64)
+        return _given_labels(emb, seed, one, "ablation: no clustering (one cluster)")
     c = cluster(
         emb,
         params.k,
@@ -517,6 +501,23 @@ def cluster_pool(
         "sigma": c.sigma,
         "eigenvalues": [float(x) for x in c.eigenvalues],
         "knn": c.knn,
+    }
+
+
+def _given_labels(emb: Any, seed: int, labels: Any, rule: str) -> dict[str, Any]:
+    """cluster_pool's answer for labels not found by clustering: a 2-D map of
+    the embedding (its first two principal components) and no diagnostics."""
+    from stages.select.cluster import reduce_dim
+
+    coords = reduce_dim(emb, 2, seed) if emb.shape[1] > 2 else emb
+    return {
+        "labels": labels,
+        "coords": coords,
+        "rule": rule,
+        "curve": {},
+        "sigma": None,
+        "eigenvalues": [],
+        "knn": {},
     }
 
 
