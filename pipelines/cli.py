@@ -215,9 +215,31 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"MLflow UI: mlflow ui --backend-store-uri {uri} "
             f"--default-artifact-root {(layout.home / 'mlartifacts').resolve()}"
         )
+        hdr = graph.decl.header
+        exp_id = sqlite_experiment_id(uri, hdr.experiment or f"carp-{hdr.pipeline}")
+        if exp_id is not None:
+            print(f"  then open http://127.0.0.1:5000/#/experiments/{exp_id}/runs")
     else:
         print(f"MLflow tracking server: {uri}")
     return 0
+
+
+def sqlite_experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in a sqlite tracking store, read with
+    sqlite3 (no MLflow import); None when the store or experiment is absent."""
+    import sqlite3
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            row = con.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ?", (name,)
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
 
 
 DEBUG_HINT = "carp: run again with --debug (or CARP_DEBUG=1) for the traceback"
