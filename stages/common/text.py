@@ -1,8 +1,9 @@
-"""The one prompt/response template, shared by pretraining, selection scoring,
-recovery, unlearning and evaluation, so that "the response tokens" mean the same
-thing everywhere.
+"""carp's own prompt/response template (the world's), shared by pretraining,
+selection scoring, recovery, unlearning and evaluation, so that "the response
+tokens" mean the same thing everywhere; other templates (alpaca, the
+tokenizer's chat template, Jinja strings) live in ``stages.common.templates``.
 
-A record is ``{"id", "family", "instruction", "input", "output"}``.
+A world record is ``{"id", "family", "instruction", "input", "output"}``.
 """
 
 from __future__ import annotations
@@ -25,25 +26,23 @@ def format_response(rec: dict[str, Any]) -> str:
 
 
 def encode_example(
-    tokenizer: Any, rec: dict[str, Any], max_len: int = 256
+    tokenizer: Any,
+    rec: dict[str, Any],
+    max_len: int = 256,
+    template: str | None = None,
+    train_on_inputs: bool = False,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of prompt+response+eos and labels masked to the response only.
+    """Token ids of bos + prompt + response (+ eos) and labels masked to the
+    response only (``train_on_inputs``: the prompt too, never bos).
 
-    The prompt is tokenized on its own so the boundary is exact; truncation cuts
-    the prompt from the left, never the response's first tokens.
+    ``template`` names a prompt template (``stages.common.templates``: carp,
+    alpaca, chat or a Jinja string; None = carp, the layout above). The prompt
+    is tokenized on its own so the boundary is exact; truncation cuts the
+    prompt from the left, never the response's first tokens.
     """
-    prompt = tokenizer(format_prompt(rec), add_special_tokens=False)["input_ids"]
-    resp = tokenizer(format_response(rec), add_special_tokens=False)["input_ids"]
-    resp = resp + [tokenizer.eos_token_id]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    keep = max_len - len(bos) - len(resp)
-    if keep < 1:
-        resp = resp[: max_len - len(bos) - 1]
-        keep = 1
-    prompt = prompt[-keep:]
-    ids = bos + prompt + resp
-    labels = [IGNORE_INDEX] * (len(bos) + len(prompt)) + resp
-    return ids, labels
+    from stages.common.templates import get_template
+
+    return get_template(template).encode(tokenizer, rec, max_len, train_on_inputs)
 
 
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
