@@ -35,7 +35,11 @@ def run(
 
 METHODS = Registry(
     "dataset method",
-    {"world": "stages.dataset.world"},
+    {
+        "world": "stages.dataset.world",
+        "files": "stages.dataset.files",
+        "hub": "stages.dataset.hub",
+    },
     base=Params,
     entry="expose",
 )
