@@ -56,12 +56,20 @@ class Params(StageParams):
     nsamples: int = Field(
         128, ge=1, description="Calibration samples (records, or windows)."
     )
-    calib_format: Literal["records", "windows"] = Field(
-        "records",
-        description="'records': each sample is one record rendered with the shared "
-        "template from BOS, as the model was trained; 'windows': records packed "
-        "into windows of `seqlen` tokens (the C4 recipe of Wanda/SparseGPT, for "
-        "corpora of long documents).",
+    calib_format: Literal["records", "windows"] | None = Field(
+        None,
+        description="'records': each sample is one instruction/chat record rendered "
+        "with `template` from BOS, as the model was trained; 'windows': "
+        "`nsamples` windows of `seqlen` tokens, the C4 recipe of Wanda/SparseGPT "
+        "(text documents: a random document longer than `seqlen`, a random "
+        "window of it; records: rendered, concatenated and cut). Default: "
+        "windows for a text dataset (dataset.json shape 'text'), else records.",
+    )
+    template: str | None = Field(
+        None,
+        description="Prompt template rendering instruction/chat calibration "
+        "records (carp | alpaca | chat | a Jinja string); None: the pipeline's "
+        "`template` (carp by default). Text documents are not rendered.",
     )
     seqlen: int | None = Field(
         None,
@@ -82,6 +90,13 @@ class Params(StageParams):
         description="Where each block is processed ('auto' = cuda when present, "
         "else cpu); the model itself stays in CPU memory.",
     )
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, v: str | None) -> str | None:
+        from stages.common.templates import check_template
+
+        return check_template(v)
 
     @field_validator("pattern")
     @classmethod

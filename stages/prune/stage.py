@@ -9,7 +9,7 @@ from typing import Any
 from pipelines.contract import RunContext, StageResult
 from stages.common.maskio import write_masks
 from stages.common.memory import peak_rss_mb
-from stages.prune.calib import Calibration
+from stages.prune.calib import Calibration, dataset_shape, resolve_format
 from stages.prune.checkpoint import save_checkpoint
 from stages.prune.targets import Pruned
 
@@ -101,14 +101,15 @@ def execute(
     calib_dir = Path(inputs["calib"]) if inputs.get("calib") else None
     tok = _tokenizer(model_dir, calib_dir)
     context = model_context(model.config, tok)
+    fmt = resolve_format(params.calib_format, dataset_shape(calib_dir))
     calib = Calibration(
         calib_dir,
         tok,
         params.nsamples,
-        params.seqlen
-        or (context if params.calib_format == "records" else min(2048, context)),
+        params.seqlen or (context if fmt == "records" else min(2048, context)),
         seed,
-        params.calib_format,
+        fmt,
+        params.template,
     )
     before = sum(p.numel() for p in model.parameters())
     zeros_before = zero_counts(model)  # an already sparse input keeps its zeros
