@@ -236,7 +236,7 @@ def load_file(f: Path, params: Params, cache: Path) -> Source:
             diagnose(f, builder) or cannot_read(f, builder, e)
         ) from None
     return Source(
-        str(f), ds, skip_blank=builder == "text" and params.text_unit != "file"
+        str(f), ds, text_units=builder == "text" and params.text_unit != "file"
     )
 
 

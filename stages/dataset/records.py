@@ -110,7 +110,9 @@ class Source:
 
     label: str
     ds: Any  # datasets.Dataset
-    skip_blank: bool = False  # text files: blank lines/paragraphs are no records
+    # txt lines/paragraphs: blank ones are no records; newlines around one
+    # (a paragraph after three newlines) are not part of it
+    text_units: bool = False
 
 
 @dataclass
@@ -452,9 +454,11 @@ def write_records(
         for seg, row, rec in rows_of(segments, mapping):
             t.read += 1
             try:
-                if seg.source.skip_blank and not (rec.get("text") or "").strip():
-                    t.blank += 1
-                    continue
+                if seg.source.text_units:
+                    rec["text"] = (rec.get("text") or "").strip("\r\n")
+                    if not rec["text"].strip():
+                        t.blank += 1
+                        continue
                 content = content_of(rec, shape)
                 rid = id_of(rec) if by_id else None
                 body, key, hexid = digest(content)
