@@ -310,9 +310,12 @@ def diagnose(f: Path, builder: str) -> str | None:
         try:
             rec = json.loads(line)
         except ValueError as e:
-            return f"{at}: not JSON ({e}); fix or drop the line"
+            return f"{at}: not JSON ({e.msg}); fix or drop the line"
         if not isinstance(rec, dict):
-            return f"{at}: a record must be a JSON object, got {type(rec).__name__}"
+            return (
+                f"{at}: a record must be a JSON object, got {type(rec).__name__}; "
+                "write one {...} per line"
+            )
         for k, v in rec.items():
             t = type(v).__name__ if v is not None else None
             if t is not None and types.setdefault(k, (t, row))[0] != t:
@@ -334,5 +337,8 @@ def diagnose_array(f: Path, raw: bytes) -> str:
     for i, item in enumerate(items, 1):
         if not isinstance(item, dict):
             got = type(item).__name__
-            return f"{f}: row {i}: a record must be a JSON object, got {got}"
+            return (
+                f"{f}: row {i}: a record must be a JSON object, got {got}; make "
+                "every item of the list a {...}"
+            )
     return f"{f}: datasets cannot read this JSON list; give it as JSONL (one per line)"

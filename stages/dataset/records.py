@@ -97,6 +97,13 @@ class ImportParams(KindParams):
                     "one source field to each carp field"
                 )
             targets[dst] = src
+            allowed = set(SHAPE_FIELDS.get(self.shape, CARP_FIELDS)) | {"id", "family"}
+            if dst not in allowed:
+                raise ValueError(
+                    f"columns.{src}: maps to '{dst}', which shape {self.shape} has "
+                    f"no place for (its fields: {', '.join(sorted(allowed))}); map "
+                    "it to one of those or leave it out"
+                )
         if isinstance(self.sample, float) and self.sample > 1:
             raise ValueError("sample: a fraction must be <= 1; give a count as int")
         if self.sample is not None and self.limit is not None:
@@ -184,18 +191,9 @@ def pick_shape(shape: str, mapping: dict[str, str], sources: list[Source]) -> st
     return shape
 
 
-def shape_map(
-    mapping: dict[str, str], shape: str, explicit: dict[str, str] | None
-) -> dict[str, str]:
-    """The mapping restricted to the shape's fields; an explicit mapping to a
-    field the shape lacks is an error (it would be silently unused)."""
+def shape_map(mapping: dict[str, str], shape: str) -> dict[str, str]:
+    """The mapping restricted to the shape's fields (and id, family)."""
     allowed = set(SHAPE_FIELDS[shape]) | {"id", "family"}
-    for src, dst in (explicit or {}).items():
-        if dst not in allowed:
-            raise ValueError(
-                f"columns.{src}: maps to '{dst}', which shape {shape} has no place "
-                f"for (its fields: {', '.join(sorted(allowed))})"
-            )
     return {s: d for s, d in mapping.items() if d in allowed}
 
 
@@ -339,7 +337,9 @@ def messages(row: dict[str, Any]) -> list[dict[str, str]]:
     v = row.get("messages")
     if not isinstance(v, list):
         raise RowError(
-            "messages", f"must be a list of {{role, content}}, got {kind_of(v)}"
+            "messages",
+            f"must be a list of {{role, content}}, got {kind_of(v)}; write "
+            '[{"role": "user", "content": ...}, ...]',
         )
     turns = [message(m, i) for i, m in enumerate(v, 1)]
     if not any(t["role"] == "assistant" for t in turns):
@@ -378,7 +378,12 @@ def content_of(row: dict[str, Any], shape: str) -> dict[str, Any]:
 def id_of(row: dict[str, Any]) -> str:
     v = row.get("id")
     if isinstance(v, bool) or not isinstance(v, (str, int)) or str(v) == "":
-        raise RowError("id", f"must be a non-empty text or number, got {kind_of(v)}")
+        got = "an empty id" if v == "" else kind_of(v)
+        raise RowError(
+            "id",
+            f"must be a non-empty text or number, got {got}; give every row an "
+            "id or leave the id column out of columns",
+        )
     return str(v)
 
 
@@ -403,12 +408,28 @@ def rows_of(segments: list[Segment], srcs: dict[str, str]) -> Iterator[Any]:
         ds = seg.source.ds
         keep = [c for c in srcs if c in ds.column_names]
         part = ds.select_columns(keep).select(seg.rows, keep_in_memory=True)
-        i = 0
-        for batch in part.iter(batch_size=BATCH):
+        for i in range(0, len(part), BATCH):
+            try:
+                batch = part[i : i + BATCH]
+            except UnicodeDecodeError:
+                raise CorruptDataError(not_utf8(seg, part, i)) from None
             cols = [(srcs[c], batch[c]) for c in keep]
-            for j in range(len(cols[0][1]) if cols else 0):
+            for j in range(len(cols[0][1])):
                 yield seg, seg.rows[i + j], {f: col[j] for f, col in cols}
-            i += len(cols[0][1]) if cols else 0
+
+
+def not_utf8(seg: Segment, part: Any, start: int) -> str:
+    """The first row of a batch whose text does not decode (Arrow keeps the
+    bytes; Python refuses them)."""
+    for j in range(start, min(start + BATCH, len(part))):
+        try:
+            part[j]
+        except UnicodeDecodeError as e:
+            return (
+                f"{where(seg, seg.rows[j])}: text that is not UTF-8 ({e.reason}, "
+                f"byte 0x{e.object[e.start]:02x}); re-save the file as UTF-8"
+            )
+    return f"{seg.source.label}: text that is not UTF-8; re-save the file as UTF-8"
 
 
 def where(seg: Segment, row: int) -> str:
@@ -532,7 +553,7 @@ def import_records(
     sources = list({id(s): s for s in sources}.values())
     mapping = column_map(params.columns, sources)
     shape = pick_shape(params.shape, mapping, sources)
-    mapping = shape_map(mapping, shape, params.columns)
+    mapping = shape_map(mapping, shape)
     check_required_columns(mapping, shape, sources)
     t, digest_hex = write_records(segments, mapping, shape, params, out_dir)
     if t.written == 0:
