@@ -29,9 +29,10 @@ from typing import Any
 
 FORMATS = ("records", "windows")
 SHAPES = ("instruction", "chat", "text")
-# get_c4 redraws until it hits a long enough document; after this many misses
-# in a row every document's length is measured once, so a corpus without one
-# is an error instead of an endless loop
+# get_c4 redraws until it hits a long enough document; after max(this, the
+# number of documents) misses in a row every document's length is measured
+# once (at most as many tokenizations as the misses cost), so a corpus without
+# one is an error instead of an endless loop
 MISSES_BEFORE_SCAN = 64
 
 
@@ -112,6 +113,7 @@ def document_windows(
     nsamples: int,
     seqlen: int,
     seed: int,
+    scan_after: int | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """(windows, document indices): ``get_c4``'s sampling (Wanda ``lib/data.py``,
     SparseGPT ``datautils.py``) over documents ``0..ndocs-1``.
@@ -120,9 +122,12 @@ def document_windows(
     until the document has more than ``seqlen`` tokens (``tokenize(index)``),
     then ``i = randint(0, len - seqlen - 1)`` and keep tokens ``[i, i+seqlen)``.
     A private ``random.Random(seed)`` draws the same numbers as the module's
-    seeded functions. Raises :class:`TooShortCorpus` (with the longest length)
-    when no document is long enough.
+    seeded functions. After ``scan_after`` misses in a row (default
+    max(MISSES_BEFORE_SCAN, ndocs)) every length is measured once; raises
+    :class:`TooShortCorpus` (with the longest length) when none is long enough.
     """
+    if scan_after is None:
+        scan_after = max(MISSES_BEFORE_SCAN, ndocs)
     rng = random.Random(seed)
     lengths: dict[int, int] = {}  # measured, so a short document is tokenized once
     scanned = False
@@ -138,7 +143,7 @@ def document_windows(
                 if len(ids) > seqlen:
                     break
             misses += 1
-            if misses >= MISSES_BEFORE_SCAN and not scanned:
+            if misses >= scan_after and not scanned:
                 for j in range(ndocs):
                     if j not in lengths:
                         lengths[j] = len(tokenize(j))
@@ -202,9 +207,7 @@ class Calibration:
         """Drop the samples (the fingerprint stays)."""
         self._samples = None
 
-    def _read(self, method: str) -> list[dict[str, Any]]:
-        from stages.common.io import read_dataset
-
+    def _check(self, method: str) -> None:
         if self.folder is None:
             raise ValueError(
                 f"calib: {method} needs calibration data; set `calib:` to a dataset "
@@ -215,21 +218,25 @@ class Calibration:
                 f"model: {method} tokenizes calibration records with the model's "
                 "tokenizer, but the model folder has none"
             )
-        records = read_dataset(self.folder)
+
+    def _nonempty(self, records: list[Any]) -> None:
         if not records:
             raise ValueError(f"calib: {self.folder}/data.jsonl has no records")
-        return records
 
     def _build(self, method: str) -> tuple[Any, Any]:
         import torch
 
-        records = self._read(method)
+        self._check(method)
         if self.shape == "text":
-            windows, used = self._document_windows(records)
+            windows, used = self._document_windows()
             ids = torch.tensor(windows, dtype=torch.long)
             valid = torch.ones_like(ids, dtype=torch.bool)
             n_used = len(set(used))
         else:
+            from stages.common.io import read_dataset
+
+            records = read_dataset(self.folder)
+            self._nonempty(records)
             random.Random(self.seed).shuffle(records)
             ids, valid, n_used = self._rendered(records)
         self.fingerprint = {
@@ -283,21 +290,27 @@ class Calibration:
         ids = torch.tensor(windows, dtype=torch.long)
         return ids, torch.ones_like(ids, dtype=torch.bool), len(streams)
 
-    def _document_windows(
-        self, records: list[dict[str, Any]]
-    ) -> tuple[list[list[int]], list[int]]:
-        """get_c4's windows over the ``text`` of the records, in file order,
-        each document tokenized as the reference does (the tokenizer's default
-        special tokens)."""
+    def _document_windows(self) -> tuple[list[list[int]], list[int]]:
+        """get_c4's windows over the records' ``text`` in file order (only the
+        texts are held), each document tokenized as the reference does (with
+        the tokenizer's default special tokens)."""
+        from stages.common.io import DATA_FILE, read_jsonl
+
+        data = Path(self.folder) / DATA_FILE
+        if not data.exists():
+            raise FileNotFoundError(
+                f"{self.folder}: no {DATA_FILE}; is this a dataset artifact?"
+            )
         docs = []
-        for n, r in enumerate(records, 1):
+        for n, r in enumerate(read_jsonl(data), 1):
             if not isinstance(r.get("text"), str):
                 raise ValueError(
-                    f"calib: {self.folder}/data.jsonl record {n} (id "
-                    f"{r.get('id', '?')!r}): field 'text' must be a string; a "
-                    "dataset of shape text holds {id, text} records"
+                    f"calib: {data} record {n} (id {r.get('id', '?')!r}): field "
+                    "'text' must be a string; a dataset of shape text holds "
+                    "{id, text} records"
                 )
             docs.append(r["text"])
+        self._nonempty(docs)
         tok = self.tokenizer
         try:
             return document_windows(

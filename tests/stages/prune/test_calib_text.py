@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -139,8 +140,10 @@ class RefSparseGPT:
         inp = math.sqrt(2 / self.nsamples) * inp.float()
         self.H += inp.matmul(inp.t())
 
-    def fasterprune(self, sparsity, blocksize=128, percdamp=0.01):
-        """Prunes the layer in place; returns the pruned positions (True)."""
+    def fasterprune(self, sparsity, blocksize=128, percdamp=0.01, floor=False):
+        """Prunes the layer in place; returns the pruned positions (True).
+        ``floor``: prune exactly floor(s*n) per block (``< thresh``), as carp
+        does, instead of the reference's ``<= thresh``."""
         W = self.layer.weight.data.clone().float()
         H = self.H
         dead = torch.diag(H) == 0
@@ -161,7 +164,8 @@ class RefSparseGPT:
             Hinv1 = Hinv[i1:i2, i1:i2]
             tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
             thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-            mask1 = tmp <= thresh  # floor(s*n) + 1 entries: the reference's count
+            # the reference's count: floor(s*n) + 1 entries (no ties)
+            mask1 = tmp < thresh if floor else tmp <= thresh
             for i in range(i2 - i1):
                 w = W1[:, i]
                 d = Hinv1[i, i]
@@ -193,7 +197,7 @@ class _Stop(Exception):
     pass
 
 
-def reference_prune(model, windows, method, sparsity=0.5):
+def reference_prune(model, windows, method, sparsity=0.5, floor=False):
     """Keep-masks by weight name from the reference's sequential scheme: block
     i's linears gather statistics from every sample (one at a time) passed
     through the blocks before it, already pruned; then block i is pruned."""
@@ -225,7 +229,7 @@ def reference_prune(model, windows, method, sparsity=0.5):
                 if method == "wanda":
                     pruned = _ref_wanda(stats[n], m, sparsity)
                 else:
-                    pruned = stats[n].fasterprune(sparsity)
+                    pruned = stats[n].fasterprune(sparsity, floor=floor)
                 masks[f"model.layers.{i}.{n}.weight"] = ~pruned
     return masks
 
@@ -285,31 +289,32 @@ def test_another_seed_gives_other_windows(text_model_dir, corpus_dir):
 
 
 def test_rare_long_documents_match_get_c4(text_model_dir, tmp_path):
-    """One long document among 300 short ones: past MISSES_BEFORE_SCAN misses
-    every length is measured once (no endless loop on a bad corpus), and the
-    draws still follow get_c4's exactly."""
+    """One long document among 300 short ones: the draws follow get_c4's
+    exactly, also after a scan of every length (forced here after 8 misses in
+    a row), and each short document is tokenized once."""
     from stages.common.io import load_tokenizer
-    from stages.prune import calib as C
+    from stages.prune.calib import document_windows
 
     texts = _docs(300, 3, lo=1, hi=6)
-    texts[123] = " ".join(_docs(1, 4, lo=60, hi=60))
+    texts[123] = _docs(1, 4, lo=60, hi=60)[0]
     folder = _write_text_dataset(tmp_path / "rare", texts)
     tok = load_tokenizer(text_model_dir)
-    calls = []
-    orig = tok.__call__
-
+    ref = reference_get_c4(texts, 4, 0, SEQLEN, tok)
     cal = Calibration(folder, tok, 4, SEQLEN, 0)
-    ids = cal.samples("t")[0]
-    assert torch.equal(ids, reference_get_c4(texts, 4, 0, SEQLEN, tok))
+    assert torch.equal(cal.samples("t")[0], ref)
     assert cal.fingerprint["records_used"] == 1
-    # the scan tokenizes each document at most once, then draws are lookups
-    lengths = {i: len(orig(t)["input_ids"]) for i, t in enumerate(texts)}
-    windows, used = C.document_windows(
-        lambda i: calls.append(i) or orig(texts[i])["input_ids"], 300, 4, SEQLEN, 0
-    )
-    assert used == [123] * 4 and windows == ids.tolist()
-    short_calls = [i for i in calls if lengths[i] <= SEQLEN]
-    assert len(short_calls) == len(set(short_calls))
+    calls: list[int] = []
+
+    def tokenize(i):
+        calls.append(i)
+        return tok(texts[i])["input_ids"]
+
+    windows, used = document_windows(tokenize, 300, 4, SEQLEN, 0, scan_after=8)
+    assert windows == ref.tolist() and used == [123] * 4
+    assert set(calls) == set(range(300))  # the scan measured every document
+    counts = Counter(calls)
+    assert all(counts[i] == 1 for i in range(300) if i != 123)  # short: once
+    assert 4 <= counts[123] <= 5  # once per window (+ once if the scan met it)
 
 
 # --- (b): masks against the reference pruners ---
@@ -357,6 +362,10 @@ def test_masks_agree_with_reference_on_text_windows(
         # exactly floor(s*n): one weight more per matrix here (one block each)
         for n in ref:
             assert int((~ref[n]).sum()) == int((~got[n]).sum()) + 1, n
+        # that count is the whole difference: with floor(s*n) the masks agree
+        exact = reference_prune(load_model(text_model_dir), windows, method, floor=True)
+        print(f"sparsegpt agreement, reference at floor(s*n): {_agreement(got, exact)}")
+        assert _agreement(got, exact)[0] >= 0.9999  # measured 1.0
     else:
         for n in ref:
             assert torch.equal((~ref[n]).sum(1), (~got[n]).sum(1)), n
@@ -392,7 +401,7 @@ def test_text_dataset_errors(text_model_dir, tmp_path):
         Calibration(folder, tok, 2, 8, 0, "records")
     with open(folder / "data.jsonl", "a") as f:
         f.write(json.dumps({"id": "bad", "body": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"record 3 \(id 'bad'\): field 'text'"):
+    with pytest.raises(ValueError, match=r"data.jsonl record 3 \(id 'bad'\): field"):
         Calibration(folder, tok, 2, 2, 0).samples("t")
     (folder / "dataset.json").write_text(json.dumps({"shape": "prose"}))
     with pytest.raises(ValueError, match=r"dataset.json field 'shape' is 'prose'"):
@@ -449,3 +458,30 @@ def test_template_is_validated():
     assert Params(model="m", calib="w", template="alpaca").template == "alpaca"
     with pytest.raises(ValidationError, match="unknown template 'alpacca'"):
         Params(model="m", calib="w", template="alpacca")
+
+
+def test_chat_records_are_rendered_with_the_template(tiny_model_dir, tmp_path):
+    from stages.common.io import load_tokenizer, write_dataset
+    from stages.common.text import encode_example
+
+    tok = load_tokenizer(tiny_model_dir)
+    recs = [
+        {
+            "id": f"c{i}",
+            "messages": [
+                {"role": "user", "content": f"say {i}"},
+                {"role": "assistant", "content": str(i) * 3},
+            ],
+        }
+        for i in range(5)
+    ]
+    folder = tmp_path / "chat"
+    write_dataset(recs, folder, source="t", shape="chat")
+    cal = Calibration(folder, tok, 5, 64, 0, template="alpaca")
+    ids, valid = cal.samples("t")
+    assert cal.fingerprint["shape"] == "chat" and cal.fingerprint["format"] == "records"
+    order = list(recs)
+    random.Random(0).shuffle(order)
+    for row, rec in enumerate(order):
+        want = encode_example(tok, rec, 64, template="alpaca")[0]
+        assert ids[row, : int(valid[row].sum())].tolist() == want
