@@ -12,6 +12,7 @@ format. A duplicate is a record equal in every field but the id.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -387,6 +388,74 @@ def id_of(row: dict[str, Any]) -> str:
     return str(v)
 
 
+# ---- batch encoders: content JSON per row --------------------------------
+# The body of a record is ``json.dumps(content, ensure_ascii=False)``; the fast
+# paths build the same bytes from json's own string encoder for rows that pass
+# the checks, and hand any other row to content_of, which says what is wrong.
+
+ENC = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
+def general(row: dict[str, Any], shape: str, k: int) -> str:
+    try:
+        return json.dumps(content_of(row, shape), ensure_ascii=False)
+    except RowError as e:
+        e.k = k
+        raise
+
+
+def ok_text(v: Any) -> bool:
+    return type(v) is str and v != "" and not v.isspace()
+
+
+def bodies_instruction(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
+    none = [None] * n
+    ins, inp, out, fam = (
+        cols.get(f, none) for f in ("instruction", "input", "output", "family")
+    )
+    for k, (a, b, c, f) in enumerate(zip(ins, inp, out, fam, strict=True)):
+        if (
+            ok_text(a)
+            and ok_text(c)
+            and (b is None or type(b) is str)
+            and (f is None or type(f) is str)
+        ):
+            s = f'{{"instruction": {ENC(a)}, "input": {ENC(b or "")}, '
+            s += f'"output": {ENC(c)}'
+            yield k, f'{s}, "family": {ENC(f)}}}' if f else s + "}"
+        else:
+            row = {"instruction": a, "input": b, "output": c, "family": f}
+            yield k, general(row, "instruction", k)
+
+
+def bodies_text(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
+    fam = cols.get("family", [None] * n)
+    for k, (a, f) in enumerate(zip(cols["text"], fam, strict=True)):
+        if units:  # txt lines/paragraphs: blank ones are skipped, not refused
+            a = (a or "").strip("\r\n")
+            if not a.strip():
+                yield k, None
+                continue
+        if ok_text(a) and (f is None or type(f) is str):
+            yield (
+                k,
+                f'{{"text": {ENC(a)}, "family": {ENC(f)}}}'
+                if f
+                else f'{{"text": {ENC(a)}}}',
+            )
+        else:
+            yield k, general({"text": a, "family": f}, "text", k)
+
+
+def bodies_chat(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
+    fam = cols.get("family", [None] * n)
+    for k, (m, f) in enumerate(zip(cols["messages"], fam, strict=True)):
+        yield k, general({"messages": m, "family": f}, "chat", k)
+
+
+BODIES = {"instruction": bodies_instruction, "chat": bodies_chat, "text": bodies_text}
+
+
 # ---- the streamed write -------------------------------------------------
 
 
@@ -396,14 +465,14 @@ class Tally:
     written: int = 0
     duplicates: int = 0
     blank: int = 0
-    seen: set[int] = field(default_factory=set)
+    seen: set[bytes] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
-    repeats: dict[int, int] = field(default_factory=dict)
+    repeats: dict[bytes, int] = field(default_factory=dict)
 
 
-def rows_of(segments: list[Segment], srcs: dict[str, str]) -> Iterator[Any]:
-    """(segment, 0-based row, {carp field: value}) for every selected row,
-    read in Arrow batches (never the whole table as Python objects)."""
+def batches(segments: list[Segment], srcs: dict[str, str]) -> Iterator[Any]:
+    """(segment, first index into its rows, {carp field: values}, count) per
+    Arrow batch of the selected rows (never a whole table as Python objects)."""
     for seg in segments:
         ds = seg.source.ds
         keep = [c for c in srcs if c in ds.column_names]
@@ -413,9 +482,8 @@ def rows_of(segments: list[Segment], srcs: dict[str, str]) -> Iterator[Any]:
                 batch = part[i : i + BATCH]
             except UnicodeDecodeError:
                 raise CorruptDataError(not_utf8(seg, part, i)) from None
-            cols = [(srcs[c], batch[c]) for c in keep]
-            for j in range(len(cols[0][1])):
-                yield seg, seg.rows[i + j], {f: col[j] for f, col in cols}
+            cols = {srcs[c]: batch[c] for c in keep}
+            yield seg, i, cols, len(batch[keep[0]])
 
 
 def not_utf8(seg: Segment, part: Any, start: int) -> str:
@@ -436,25 +504,32 @@ def where(seg: Segment, row: int) -> str:
     return f"{seg.source.label}: row {row + 1}"
 
 
+def rows(segments: list[Segment], srcs: dict[str, str], shape: str) -> Iterator[Any]:
+    """(where, body, id value) of every row that passes the checks."""
+    for seg, start, cols, n in batches(segments, srcs):
+        ids = cols.get("id", [None] * n)
+        for k, body in BODIES[shape](cols, n, seg.source.text_units):
+            yield where(seg, seg.rows[start + k]), body, ids[k]
+
+
 def first_row_with(
     segments: list[Segment], srcs: dict[str, str], shape: str, key: Any, by_id: bool
 ) -> str:
     """Where the first row with this content key (or id) is (error path only)."""
-    for seg, row, rec in rows_of(segments, srcs):
-        try:
-            if by_id and id_of(rec) == key:
-                return where(seg, row)
-            if not by_id and digest(content_of(rec, shape))[1] == key:
-                return where(seg, row)
-        except RowError:
-            continue
+    with contextlib.suppress(RowError):
+        for at, body, rid in rows(segments, srcs, shape):
+            if body is None:
+                continue
+            if (str(rid) == key) if by_id else digest(body)[1] == key:
+                return at
     return "an earlier row"
 
 
-def digest(content: dict[str, Any]) -> tuple[bytes, int, str]:
-    body = json.dumps(content, ensure_ascii=False).encode("utf-8")
-    h = hashlib.sha256(body).digest()
-    return body, int.from_bytes(h[:8], "big"), h.hex()[:16]
+def digest(body: str) -> tuple[bytes, bytes, str]:
+    """UTF-8 bytes of a body, its dedup key (8 bytes) and its 16-hex id."""
+    b = body.encode("utf-8")
+    h = hashlib.sha256(b).digest()[:8]
+    return b, h, h.hex()
 
 
 def write_records(
@@ -466,71 +541,71 @@ def write_records(
 ) -> tuple[Tally, str]:
     """Convert, check, dedup and write every selected row; returns the tally
     and the sha256 of the written ``data.jsonl``."""
-    by_id = "id" in mapping.values()
+    encode = BODIES[shape]
     t = Tally()
     sha = hashlib.sha256()
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / DATA_FILE, "wb") as f:
-        lines: list[bytes] = []
-        for seg, row, rec in rows_of(segments, mapping):
-            t.read += 1
+        for seg, start, cols, n in batches(segments, mapping):
+            t.read += n
+            ids = cols.get("id")
+            lines: list[bytes] = []
+            k = 0
             try:
-                if seg.source.text_units:
-                    rec["text"] = (rec.get("text") or "").strip("\r\n")
-                    if not rec["text"].strip():
+                for k, body in encode(cols, n, seg.source.text_units):
+                    if body is None:
                         t.blank += 1
                         continue
-                content = content_of(rec, shape)
-                rid = id_of(rec) if by_id else None
-                body, key, hexid = digest(content)
+                    b, key, hexid = digest(body)
+                    if key in t.seen:
+                        if params.dedup == "drop":
+                            t.duplicates += 1
+                            continue
+                        if params.dedup == "refuse":
+                            first = first_row_with(segments, mapping, shape, key, False)
+                            at = where(seg, seg.rows[start + k])
+                            raise CorruptDataError(
+                                f"{at}: duplicates {first} (same content); drop one, "
+                                "or set dedup: drop"
+                            )
+                        t.repeats[key] = t.repeats.get(key, 1) + 1
+                        hexid = f"{hexid}-{t.repeats[key]}"
+                    t.seen.add(key)
+                    if ids is not None:
+                        hexid = id_of({"id": ids[k]})
+                        if hexid in t.ids:
+                            first = first_row_with(
+                                segments, mapping, shape, hexid, True
+                            )
+                            raise CorruptDataError(
+                                f"{where(seg, seg.rows[start + k])}: id '{hexid}' is "
+                                f"also the id of {first}; ids must be unique (fix "
+                                "the id column or drop it from columns)"
+                            )
+                        t.ids.add(hexid)
+                    line = b'{"id": ' + ENC(hexid).encode() + b", " + b[1:] + b"\n"
+                    if len(line) > params.max_record_bytes:
+                        raise CorruptDataError(
+                            f"{where(seg, seg.rows[start + k])}: the record is "
+                            f"{len(line):,} bytes, above max_record_bytes "
+                            f"({params.max_record_bytes:,}); raise that option or "
+                            "drop the record"
+                        )
+                    lines.append(line)
             except RowError as e:
+                at = where(seg, seg.rows[start + getattr(e, "k", k)])
                 via = next((s for s, d in mapping.items() if d == e.field), e.field)
                 named = f"'{e.field}'" + (f" (field '{via}')" if via != e.field else "")
-                raise CorruptDataError(f"{where(seg, row)}: {named} {e}") from None
+                raise CorruptDataError(f"{at}: {named} {e}") from None
             except UnicodeEncodeError:
                 raise CorruptDataError(
-                    f"{where(seg, row)}: holds an unpaired surrogate (\\ud8xx) that "
-                    "is not UTF-8; fix the text"
+                    f"{where(seg, seg.rows[start + k])}: holds an unpaired surrogate "
+                    "(\\ud8xx) that is not UTF-8; fix the text"
                 ) from None
-            if key in t.seen:
-                if params.dedup == "refuse":
-                    first = first_row_with(segments, mapping, shape, key, False)
-                    raise CorruptDataError(
-                        f"{where(seg, row)}: duplicates {first} (same content); drop "
-                        "one, or set dedup: drop"
-                    )
-                if params.dedup == "drop":
-                    t.duplicates += 1
-                    continue
-                t.repeats[key] = t.repeats.get(key, 1) + 1
-                hexid = f"{hexid}-{t.repeats[key]}"
-            t.seen.add(key)
-            if by_id:
-                if rid in t.ids:
-                    first = first_row_with(segments, mapping, shape, rid, True)
-                    raise CorruptDataError(
-                        f"{where(seg, row)}: id '{rid}' is also the id of {first}; "
-                        "ids must be unique (fix the id column or drop it from columns)"
-                    )
-                t.ids.add(rid)
-                hexid = rid
-            line = b'{"id": ' + json.dumps(hexid).encode() + b", " + body[1:] + b"\n"
-            if len(line) > params.max_record_bytes:
-                raise CorruptDataError(
-                    f"{where(seg, row)}: the record is {len(line):,} bytes, above "
-                    f"max_record_bytes ({params.max_record_bytes:,}); raise that "
-                    "option or drop the record"
-                )
-            lines.append(line)
-            t.written += 1
-            if len(lines) >= BATCH:
-                chunk = b"".join(lines)
-                sha.update(chunk)
-                f.write(chunk)
-                lines = []
-        chunk = b"".join(lines)
-        sha.update(chunk)
-        f.write(chunk)
+            chunk = b"".join(lines)
+            sha.update(chunk)
+            f.write(chunk)
+            t.written += len(lines)
     t.seen.clear()
     t.ids.clear()
     return t, sha.hexdigest()
