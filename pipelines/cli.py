@@ -42,16 +42,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dvc_current(graph, decl_file: str, out: Path) -> bool:
+    """Whether ``out`` is what `carp compile decl_file` writes now."""
+    from pipelines import dvc
+
+    text = dvc.render(dvc.compile_graph(graph, decl_file, Path.cwd()), decl_file)
+    return out.exists() and out.read_text() == text
+
+
+def _stale_compiled(graph, decl_file: str) -> bool:
+    """A ``dvc.yaml`` here that `carp compile decl_file` wrote, but not from
+    this version of the declaration."""
+    from pipelines import dvc
+
+    out = Path("dvc.yaml")
+    if not out.is_file():
+        return False
+    with open(out) as f:
+        first = f.readline()
+    made_here = first == dvc.HEADER.format(src=decl_file)
+    return made_here and not _dvc_current(graph, decl_file, out)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines import dvc
 
     graph = _load_graph(args.file)
     root = Path.cwd()
     out = Path(args.output)
-    text = dvc.render(dvc.compile_graph(graph, args.file, root), args.file)
     if args.check:
-        current = out.read_text() if out.exists() else ""
-        if current != text:
+        if not _dvc_current(graph, args.file, out):
             print(
                 f"{out} is stale: run `carp compile {args.file}` and commit it",
                 file=sys.stderr,
@@ -69,6 +89,16 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.runtime import Layout, end_status, open_lineage, run_node
 
     graph = _load_graph(args.file, local=True)
+    if os.environ.get("DVC_STAGE") and _stale_compiled(graph, args.file):
+        # run by `dvc repro` from a dvc.yaml that no longer tracks what this
+        # declaration says (e.g. a top-level `seed:` added since): DVC would
+        # skip the stages it changes
+        print(
+            f"dvc.yaml is stale with {args.file}: run `carp compile {args.file}`, "
+            "then `dvc repro` again",
+            file=sys.stderr,
+        )
+        return 2
     if args.name not in graph.nodes:
         from pipelines.spec import did_you_mean
 

@@ -1,7 +1,10 @@
 """Declaration -> ``dvc.yaml``: one DVC stage per node, block-style YAML.
 
-Each stage runs ``carp stage <node>``, lists exactly its own params section,
-depends on its upstream outputs and on the source files it runs (the exact
+Each stage runs ``carp stage <node>``, lists its own params section and the
+top-level keys it inherits (``seed``, ``template``: ``pipelines.spec.STAGE_DEFAULTS``,
+where the file sets them; a key the file leaves out is the header's default,
+and adding it makes this file stale, which ``carp stage`` refuses), depends
+on its upstream outputs and on the source files it runs (the exact
 import closure of its kind and method, :func:`pipelines.graph.node_code`), and
 declares its output folder, its metrics and its plots, all ``persist: true``
 (see :data:`KEEP`). A resumable kind's ``checkpoints/<node>`` is not an
@@ -50,9 +53,9 @@ def compile_graph(graph: Graph, decl_file: str, root: Path) -> dict[str, Any]:
     for stage, nodes in groups.items():
         if len(nodes) == 1 and nodes[0].name == stage:
             deps = _artifact_deps(nodes[0], set()) + _code_deps(nodes[0], root)
-            stages[stage] = _stage_body(nodes[0], stage, decl_file, deps)
+            stages[stage] = _stage_body(graph, nodes[0], stage, decl_file, deps)
             continue
-        stages[stage] = _foreach(nodes, stage, decl_file, root)
+        stages[stage] = _foreach(graph, nodes, stage, decl_file, root)
     return {"stages": stages}
 
 
@@ -73,7 +76,7 @@ def _code_deps(node: Node, root: Path) -> list[str]:
 
 
 def _foreach(
-    nodes: list[Node], stage: str, decl_file: str, root: Path
+    graph: Graph, nodes: list[Node], stage: str, decl_file: str, root: Path
 ) -> dict[str, Any]:
     shared = [
         f
@@ -99,19 +102,27 @@ def _foreach(
     deps += common + [f"${{item.{SLOT}{i}}}" for i in range(slots)]
     return {
         "foreach": items,
-        "do": _stage_body(nodes[0], f"{stage}@${{key}}", decl_file, deps),
+        "do": _stage_body(graph, nodes[0], f"{stage}@${{key}}", decl_file, deps),
     }
 
 
-def _stage_body(node: Node, name: str, decl_file: str, deps: list[str]) -> dict:
+def tracked_params(graph: Graph, stage: str) -> list[str]:
+    """Params keys DVC tracks for ``stage``: its section and the top-level
+    defaults it inherits that the file sets (DVC refuses a missing key)."""
+    decl = graph.decl
+    inherited = [k for k in decl.stages[stage].inherits if k in decl.raw]
+    return [f"stages.{stage}", *inherited]
+
+
+def _stage_body(
+    graph: Graph, node: Node, name: str, decl_file: str, deps: list[str]
+) -> dict:
     """One DVC stage (``name`` may hold ``${key}``)."""
     cmd = ["carp", "stage", name]
     if decl_file != "params.yaml":
         cmd += ["--file", decl_file]
-    section = f"stages.{node.stage}"
-    params: list[Any] = (
-        [section] if decl_file == "params.yaml" else [{decl_file: [section]}]
-    )
+    keys = tracked_params(graph, node.stage)
+    params: list[Any] = keys if decl_file == "params.yaml" else [{decl_file: keys}]
     kind = load_kind(node.kind)
     outs: list[Any] = [{f"{ARTIFACTS}/{name}": dict(KEEP)}]
     body = {

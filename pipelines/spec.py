@@ -23,6 +23,11 @@ STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # fullmatch: no "\n"
 MAX_NODE_NAME = 160  # stage@variant: a folder name, with room for .tmp-/.trash-
 URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
 ENGINE_KEYS = ("kind", "matrix", "seeds")
+# Top-level keys a stage inherits when it does not set its own (only stages
+# whose params have the field). A stage that inherits one depends on it: DVC
+# lists the key as a param of that stage, and its resolved value is part of the
+# node's params, hence of carp's cache key (see StageDecl.inherits).
+STAGE_DEFAULTS = ("seed", "template")
 
 
 class ReportSpec(BaseModel):
@@ -57,6 +62,12 @@ class PipelineHeader(BaseModel):
         ge=0,
         le=MAX_SEED,
         description="Default seed of every stage (0 to 2^32-1).",
+    )
+    template: str = Field(
+        "carp",
+        min_length=1,
+        description="Default prompt template of every stage that renders records "
+        "(carp | alpaca | chat | a Jinja string); a stage's own `template` wins.",
     )
     tracking_uri: str | None = Field(
         None,
@@ -149,6 +160,7 @@ class StageDecl:
     kind: str
     variants: tuple[tuple[str, StageParams], ...]  # (label, params); label "" if none
     raw: dict[str, Any]
+    inherits: tuple[str, ...] = ()  # STAGE_DEFAULTS some variant took from the top
 
     @property
     def swept(self) -> bool:
@@ -518,8 +530,20 @@ def _method_classes(
     return out if out and len(out) == len(wanted) == len(methods) else None
 
 
+def stage_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Values of :data:`STAGE_DEFAULTS` stages inherit (the header's defaults
+    where the file leaves a key out or gives a value of the wrong type, which
+    the header's own validation reports)."""
+    out: dict[str, Any] = {}
+    for key in STAGE_DEFAULTS:
+        info = PipelineHeader.model_fields[key]
+        value = raw.get(key, info.default)
+        out[key] = value if type(value) is type(info.default) else info.default
+    return out
+
+
 def _validate_stage(
-    name: str, body: Any, seed: int, issues: list[Issue]
+    name: str, body: Any, defaults: dict[str, Any], issues: list[Issue]
 ) -> StageDecl | None:
     path = f"stages.{name}"
     if not STAGE_NAME.fullmatch(name):
@@ -553,6 +577,7 @@ def _validate_stage(
         )
     expanded = _variants(name, body, fields, issues)
     method_swept = len(classes) > 1 or "method" in matrix
+    inherits: set[str] = set()
     for label, over in expanded:
         values = {**base, **over}
         if method_swept:
@@ -560,9 +585,11 @@ def _validate_stage(
             # key no swept method accepts stays, and is reported as unknown
             own = classes[str(values["method"])].model_fields
             values = {k: v for k, v in values.items() if k in own or k not in fields}
-        if values.get("seed") is None:
-            values["seed"] = seed
         cls = classes[str(values["method"])]
+        for key, value in defaults.items():
+            if key in cls.model_fields and values.get(key) is None:
+                values[key] = value
+                inherits.add(key)
         for issue in _bool_issues(values, cls, path):
             if str(issue) not in seen:
                 seen.add(str(issue))
@@ -576,7 +603,8 @@ def _validate_stage(
                     issues.append(issue)
     if len(variants) != len(expanded):
         return None
-    return StageDecl(name, body["kind"], tuple(variants), body)
+    order = tuple(k for k in STAGE_DEFAULTS if k in inherits)
+    return StageDecl(name, body["kind"], tuple(variants), body, order)
 
 
 def ref_stage(ref: str) -> str:
@@ -727,10 +755,10 @@ def validate(raw: dict[str, Any], source: str = "<declaration>") -> Declaration:
     stages_raw = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
     if header is not None and not stages_raw:
         issues.append(Issue("stages", "declare at least one stage"))
-    seed = raw.get("seed", 0) if type(raw.get("seed")) is int else 0
+    defaults = stage_defaults(raw)
     stages: dict[str, StageDecl] = {}
     for name, body in stages_raw.items():
-        decl = _validate_stage(str(name), body, seed, issues)
+        decl = _validate_stage(str(name), body, defaults, issues)
         if decl is not None:
             stages[str(name)] = decl
     kinds = {

@@ -7,6 +7,7 @@ touches.
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def project(tmp_path_factory):
     """A fresh carp project (code copied, git + dvc initialised) on micro.yaml."""
     proj = tmp_path_factory.mktemp("proj")
     micro = (ROOT / "pipelines" / "presets" / "micro.yaml").read_text()
+    # the world sets its own seed (same value): it must not follow the top level
+    micro = micro.replace("    kind: world\n", "    kind: world\n    seed: 0\n")
+    assert "    seed: 0\n" in micro
     env = make_project(proj, micro)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: bytecode written
@@ -134,3 +138,53 @@ def test_code_identity_is_exact(project):
     finally:
         runtime.write_text(original)
     assert dvc_stale(proj, env) == set()
+
+
+def test_top_level_seed_is_tracked(project):
+    """The pipeline's `seed:` reaches exactly the stages that inherit it, under
+    DVC and under `carp run`; `world` sets its own seed and stays clean."""
+    proj, env = project
+    sh(["dvc", "repro"], proj, env)
+    assert dvc_stale(proj, env) == set()
+    inherit = set(STAGES) - {"world"}
+    params = proj / "params.yaml"
+    original = params.read_text()
+    assert "\nseed: 0\n" in original
+    params.write_text(original.replace("\nseed: 0\n", "\nseed: 1\n"))
+    try:
+        compiled = sh(["carp", "compile", "params.yaml", "--check"], proj, env)
+        assert "up to date" in compiled  # the same keys are tracked: no recompile
+        assert dvc_stale(proj, env) == inherit
+        out = sh(["carp", "run", "params.yaml"], proj, env)
+        ran = {s for s in STAGES if f"stage {s} done in" in out}
+        assert ran == inherit, out[-2000:]
+        assert "stage world unchanged" in out
+    finally:
+        params.write_text(original)
+
+
+def test_added_top_level_key_makes_dvc_stage_refuse(project):
+    """A top-level default added after `carp compile` (here: `seed:` where the
+    file had none) changes what DVC must track: `carp stage` under DVC refuses
+    until dvc.yaml is recompiled, rather than letting DVC skip stale stages."""
+    proj, env = project
+    params = proj / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("\nseed: 0\n", "\n"))
+    try:
+        sh(["carp", "compile", "params.yaml"], proj, env)
+        assert "- seed" not in (proj / "dvc.yaml").read_text()
+        params.write_text(original.replace("\nseed: 0\n", "\nseed: 2\n"))
+        res = subprocess.run(
+            ["carp", "stage", "world"],
+            cwd=proj,
+            env={**env, "DVC_STAGE": "world"},
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 2
+        assert "dvc.yaml is stale with params.yaml" in res.stderr
+        assert "carp compile params.yaml" in res.stderr
+    finally:
+        params.write_text(original)
+        sh(["carp", "compile", "params.yaml"], proj, env)

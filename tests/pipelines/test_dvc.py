@@ -84,3 +84,67 @@ def test_compile_check_exit_codes(tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "stale" in bad.stderr
+
+
+def _params_of(doc, stage):
+    body = doc["stages"][stage]
+    return (body.get("do") or body)["params"]
+
+
+def test_inherited_top_level_seed_is_a_param_of_exactly_its_stages(toy_kinds):
+    """A stage that takes the pipeline's `seed` lists it; one with its own
+    `seed:`, a `seeds:` sweep or a matrix over seed does not."""
+    decl = {
+        "pipeline": "toy",
+        "seed": 4,
+        "stages": {
+            "src": {"kind": "toysrc"},
+            "own": {"kind": "toyadd", "data": "src", "seed": 1},
+            "swept": {"kind": "toyadd", "data": "src", "seeds": [1, 2]},
+            "grid": {"kind": "toyadd", "data": "src", "matrix": {"seed": [3]}},
+            "inherit": {"kind": "toyadd", "data": "src", "matrix": {"offset": [1, 2]}},
+        },
+    }
+    graph = build(validate(decl))
+    doc = dvc.compile_graph(graph, "params.yaml", ROOT)
+    tracked = {s: _params_of(doc, s) for s in decl["stages"]}
+    assert tracked == {
+        "src": ["stages.src", "seed"],
+        "own": ["stages.own"],
+        "swept": ["stages.swept"],
+        "grid": ["stages.grid"],
+        "inherit": ["stages.inherit", "seed"],
+    }
+    assert graph.nodes["inherit@1"].params.seed == 4
+    # another declaration file: the keys sit under that file
+    other = dvc.compile_graph(graph, "study.yaml", ROOT)
+    assert _params_of(other, "src") == [{"study.yaml": ["stages.src", "seed"]}]
+
+
+def test_a_top_level_key_the_file_leaves_out_is_not_tracked(toy_kinds):
+    """DVC refuses a params key missing from the file: without `seed:` at the
+    top, the header's default applies and only the stage's section is listed."""
+    decl = {"pipeline": "toy", "stages": {"src": {"kind": "toysrc"}}}
+    graph = build(validate(decl))
+    assert graph.decl.stages["src"].inherits == ("seed",)
+    doc = dvc.compile_graph(graph, "params.yaml", ROOT)
+    assert _params_of(doc, "src") == ["stages.src"]
+
+
+def test_top_level_seed_changes_the_cache_key_of_inheriting_nodes(toy_kinds):
+    from pipelines.graph import cache_key
+
+    def keys(seed):
+        decl = {
+            "pipeline": "toy",
+            "seed": seed,
+            "stages": {
+                "src": {"kind": "toysrc"},
+                "own": {"kind": "toyadd", "data": "src", "seed": 1},
+            },
+        }
+        graph = build(validate(decl))
+        return {n: cache_key(node, {}) for n, node in graph.nodes.items()}
+
+    a, b = keys(0), keys(1)
+    assert a["src"] != b["src"] and a["own"] == b["own"]
