@@ -404,53 +404,83 @@ def general(row: dict[str, Any], shape: str, k: int) -> str:
         raise
 
 
-def ok_text(v: Any) -> bool:
-    return type(v) is str and v != "" and not v.isspace()
-
-
-def bodies_instruction(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
-    none = [None] * n
-    ins, inp, out, fam = (
-        cols.get(f, none) for f in ("instruction", "input", "output", "family")
+def all_text(col: list) -> bool:
+    """Every value a non-blank string (checked at C speed: map, in)."""
+    return (
+        set(map(type, col)) == {str}
+        and "" not in col
+        and not any(map(str.isspace, col))
     )
-    for k, (a, b, c, f) in enumerate(zip(ins, inp, out, fam, strict=True)):
-        if (
-            ok_text(a)
-            and ok_text(c)
-            and (b is None or type(b) is str)
-            and (f is None or type(f) is str)
-        ):
-            s = f'{{"instruction": {ENC(a)}, "input": {ENC(b or "")}, '
-            s += f'"output": {ENC(c)}'
-            yield k, f'{s}, "family": {ENC(f)}}}' if f else s + "}"
-        else:
-            row = {"instruction": a, "input": b, "output": c, "family": f}
-            yield k, general(row, "instruction", k)
 
 
-def bodies_text(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
-    fam = cols.get("family", [None] * n)
-    for k, (a, f) in enumerate(zip(cols["text"], fam, strict=True)):
-        if units:  # txt lines/paragraphs: blank ones are skipped, not refused
-            a = (a or "").strip("\r\n")
-            if not a.strip():
-                yield k, None
-                continue
-        if ok_text(a) and (f is None or type(f) is str):
-            yield (
-                k,
-                f'{{"text": {ENC(a)}, "family": {ENC(f)}}}'
-                if f
-                else f'{{"text": {ENC(a)}}}',
-            )
-        else:
-            yield k, general({"text": a, "family": f}, "text", k)
+def opt_text(col: list | None) -> bool:
+    return col is None or set(map(type, col)) <= {str, type(None)}
 
 
-def bodies_chat(cols: dict[str, list], n: int, units: bool) -> Iterator[Any]:
-    fam = cols.get("family", [None] * n)
-    for k, (m, f) in enumerate(zip(cols["messages"], fam, strict=True)):
-        yield k, general({"messages": m, "family": f}, "chat", k)
+def with_family(heads: list[str], fam: list | None) -> list[str]:
+    if fam is None or not any(fam):
+        return [h + "}" for h in heads]
+    pairs = zip(heads, fam, strict=True)
+    return [f'{h}, "family": {ENC(f)}}}' if f else h + "}" for h, f in pairs]
+
+
+INSTRUCTION = '{{"instruction": {}, "input": {}, "output": {}'
+
+
+def bodies_instruction(cols: dict[str, list], n: int, units: bool) -> list[Any]:
+    ins, out = cols["instruction"], cols["output"]
+    inp, fam = cols.get("input"), cols.get("family")
+    if all_text(ins) and all_text(out) and opt_text(inp) and opt_text(fam):
+        if inp is None:
+            inp = [""] * n
+        elif None in inp:
+            inp = ["" if v is None else v for v in inp]
+        heads = list(
+            map(INSTRUCTION.format, map(ENC, ins), map(ENC, inp), map(ENC, out))
+        )
+        return with_family(heads, fam)
+    none = [None] * n
+    inp, fam = inp or none, fam or none
+    return [
+        general(
+            {
+                "instruction": ins[k],
+                "input": inp[k],
+                "output": out[k],
+                "family": fam[k],
+            },
+            "instruction",
+            k,
+        )
+        for k in range(n)
+    ]
+
+
+def bodies_text(cols: dict[str, list], n: int, units: bool) -> list[Any]:
+    texts, fam = cols["text"], cols.get("family")
+    if units:  # txt lines/paragraphs: blank ones are skipped (None), not refused
+        texts = [(v or "").strip("\r\n") for v in texts]
+        texts = [v if v.strip() else None for v in texts]
+        keep = [k for k, v in enumerate(texts) if v is not None]
+        out: list[Any] = [None] * n
+        sub = {"text": [texts[k] for k in keep]}
+        if fam is not None:
+            sub["family"] = [fam[k] for k in keep]
+        for k, body in zip(keep, bodies_text(sub, len(keep), False), strict=True):
+            out[k] = body
+        return out
+    if all_text(texts) and opt_text(fam):
+        return with_family(["{" + f'"text": {ENC(v)}' for v in texts], fam)
+    fam = fam or [None] * n
+    return [general({"text": texts[k], "family": fam[k]}, "text", k) for k in range(n)]
+
+
+def bodies_chat(cols: dict[str, list], n: int, units: bool) -> list[Any]:
+    fam = cols.get("family") or [None] * n
+    return [
+        general({"messages": m, "family": f}, "chat", k)
+        for k, (m, f) in enumerate(zip(cols["messages"], fam, strict=True))
+    ]
 
 
 BODIES = {"instruction": bodies_instruction, "chat": bodies_chat, "text": bodies_text}
@@ -508,7 +538,7 @@ def rows(segments: list[Segment], srcs: dict[str, str], shape: str) -> Iterator[
     """(where, body, id value) of every row that passes the checks."""
     for seg, start, cols, n in batches(segments, srcs):
         ids = cols.get("id", [None] * n)
-        for k, body in BODIES[shape](cols, n, seg.source.text_units):
+        for k, body in enumerate(BODIES[shape](cols, n, seg.source.text_units)):
             yield where(seg, seg.rows[start + k]), body, ids[k]
 
 
@@ -543,6 +573,7 @@ def write_records(
     and the sha256 of the written ``data.jsonl``."""
     encode = BODIES[shape]
     t = Tally()
+    seen, sha256 = t.seen, hashlib.sha256
     sha = hashlib.sha256()
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / DATA_FILE, "wb") as f:
@@ -552,12 +583,14 @@ def write_records(
             lines: list[bytes] = []
             k = 0
             try:
-                for k, body in encode(cols, n, seg.source.text_units):
+                bodies = encode(cols, n, seg.source.text_units)
+                for k, body in enumerate(bodies):
                     if body is None:
                         t.blank += 1
                         continue
-                    b, key, hexid = digest(body)
-                    if key in t.seen:
+                    b = body.encode("utf-8")
+                    key = sha256(b).digest()[:8]
+                    if key in seen:
                         if params.dedup == "drop":
                             t.duplicates += 1
                             continue
@@ -569,21 +602,22 @@ def write_records(
                                 "or set dedup: drop"
                             )
                         t.repeats[key] = t.repeats.get(key, 1) + 1
-                        hexid = f"{hexid}-{t.repeats[key]}"
-                    t.seen.add(key)
+                        rid = f'"{key.hex()}-{t.repeats[key]}"'
+                    else:
+                        seen.add(key)
+                        rid = f'"{key.hex()}"'
                     if ids is not None:
-                        hexid = id_of({"id": ids[k]})
-                        if hexid in t.ids:
-                            first = first_row_with(
-                                segments, mapping, shape, hexid, True
-                            )
+                        rid = id_of({"id": ids[k]})
+                        if rid in t.ids:
+                            first = first_row_with(segments, mapping, shape, rid, True)
                             raise CorruptDataError(
-                                f"{where(seg, seg.rows[start + k])}: id '{hexid}' is "
+                                f"{where(seg, seg.rows[start + k])}: id '{rid}' is "
                                 f"also the id of {first}; ids must be unique (fix "
                                 "the id column or drop it from columns)"
                             )
-                        t.ids.add(hexid)
-                    line = b'{"id": ' + ENC(hexid).encode() + b", " + b[1:] + b"\n"
+                        t.ids.add(rid)
+                        rid = ENC(rid)
+                    line = b'{"id": ' + rid.encode() + b", " + b[1:] + b"\n"
                     if len(line) > params.max_record_bytes:
                         raise CorruptDataError(
                             f"{where(seg, seg.rows[start + k])}: the record is "

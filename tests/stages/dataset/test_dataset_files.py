@@ -24,6 +24,10 @@ RECS = [
     }
     for i in range(40)
 ]
+# what JSON must escape, and what it must not: quotes, backslash, control and
+# line-separator characters, non-ASCII text
+RECS[7]["output"] = 'say "hi"\\ \n\tthere ünï 🚀 \u2028 \x01 end'
+RECS[8]["instruction"] = "Résumé: «quote» — 日本語?"
 TEXTS = ["The first document.", "A second one, with ünïcode.", "Third."]
 
 
@@ -114,11 +118,13 @@ def test_records_keep_content_and_get_content_ids(reference, tmp_path):
     recs, info, m = reference
     assert [r["instruction"] for r in recs] == [r["instruction"] for r in RECS]
     assert all(r["input"] == s["input"] for r, s in zip(recs, RECS, strict=True))
-    body = json.dumps(
-        {k: RECS[0][k] for k in ("instruction", "input", "output", "family")},
-        ensure_ascii=False,
-    )
-    assert recs[0]["id"] == hashlib.sha256(body.encode()).hexdigest()[:16]
+    for rec, src in zip(recs, RECS, strict=True):
+        body = json.dumps(
+            {k: src[k] for k in ("instruction", "input", "output", "family")},
+            ensure_ascii=False,
+        )
+        assert rec["id"] == hashlib.sha256(body.encode()).hexdigest()[:16]
+    assert recs[7]["output"] == RECS[7]["output"]
     assert len({r["id"] for r in recs}) == len(recs)
     assert info["shape"] == "instruction" and info["count"] == len(RECS)
     again, info2, _ = imp(tmp_path / "again", path=info["source"])
@@ -148,6 +154,11 @@ def test_text_units_give_text_records(tmp_path):
     )
     files, _, _ = imp(tmp_path / "o3", path=str(docs), text_unit="file")
     assert lines == paras == files == want
+    import hashlib
+
+    for rec, t in zip(want, TEXTS, strict=True):
+        body = json.dumps({"text": t}, ensure_ascii=False).encode()
+        assert rec == {"id": hashlib.sha256(body).hexdigest()[:16], "text": t}
     assert m["records_read"] == 4 and m["records_written"] == 3  # blank line skipped
 
 
