@@ -107,6 +107,13 @@ class PipelineHeader(BaseModel):
             check_tracking_uri(v)
         return v
 
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        from stages.common.templates import check_template
+
+        return str(check_template(v))
+
 
 def check_tracking_uri(uri: str) -> None:
     """Refuse a tracking URI MLflow would misread (it takes any string as a

@@ -254,3 +254,40 @@ def test_input_of_an_invalid_stage_is_still_kind_checked():
     msgs = {i.path: i.message for i in err.value.issues}
     assert "stages.prune.sparsity" in msgs
     assert "a dataset is needed" in msgs["stages.recover.data"]
+
+
+def test_pipeline_template_is_inherited_by_stages_that_render_records():
+    from pipelines.spec import validate
+
+    decl = {
+        "pipeline": "t",
+        "template": "alpaca",
+        "stages": {
+            "w": {"kind": "world"},
+            "s": {"kind": "select", "method": "random", "pool": "w", "budget": 0.5},
+            "own": {
+                "kind": "select",
+                "method": "random",
+                "pool": "w",
+                "budget": 0.5,
+                "template": "carp",
+            },
+        },
+    }
+    d = validate(decl)
+    assert d.stages["s"].variants[0][1].template == "alpaca"
+    assert d.stages["s"].inherits == ("seed", "template")
+    assert d.stages["own"].variants[0][1].template == "carp"
+    assert d.stages["own"].inherits == ("seed",)
+    assert d.stages["w"].inherits == ("seed",)  # a world renders no template
+
+
+def test_unknown_pipeline_template_is_named():
+    import pytest
+
+    from pipelines.spec import DeclarationError, validate
+
+    with pytest.raises(DeclarationError, match="template: unknown template 'alpca'"):
+        validate(
+            {"pipeline": "t", "template": "alpca", "stages": {"w": {"kind": "world"}}}
+        )
