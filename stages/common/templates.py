@@ -348,6 +348,13 @@ TEMPLATES: dict[str, type[Template]] = {
     "chat": ChatTemplate,
 }
 DEFAULT_TEMPLATE = "carp"
+TEMPLATE_DESCRIPTION = (
+    "Prompt template: carp | alpaca | chat | a Jinja string; default the "
+    "pipeline's `template` (carp)"
+)
+TRAIN_ON_INPUTS_DESCRIPTION = (
+    "Train on the prompt tokens too (not bos); default: loss on the response only"
+)
 
 
 def is_jinja(spec: str) -> bool:

@@ -27,6 +27,7 @@ from pipelines.contract import (
     StageParams,
     StageResult,
 )
+from stages.common.templates import TEMPLATE_DESCRIPTION, check_template
 
 DEFAULT_METHOD = "world"
 SUITES = Registry(
@@ -53,12 +54,19 @@ class Params(StageParams):
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Prompts/windows per batch.")
 
+    template: str | None = Field(None, description=TEMPLATE_DESCRIPTION)
+
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("models: list at least one upstream model stage")
         return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return check_template(v)
 
 
 def run(

@@ -56,10 +56,16 @@ def seen_em(hits: list[float], seen: list[bool | None]) -> dict[str, float]:
     return out
 
 
-def answer_budget(tokenizer: Any, records: list[dict[str, Any]]) -> int:
-    """New tokens needed by the longest reference answer, plus eos."""
+def answer_budget(
+    tokenizer: Any, records: list[dict[str, Any]], template: str | None = None
+) -> int:
+    """New tokens needed by the longest reference answer (as ``template``
+    writes it; None: carp), plus eos."""
+    from stages.common.templates import get_template
+
+    tmpl = get_template(template)
     lens = [
-        len(tokenizer(f" {r['output']}", add_special_tokens=False)["input_ids"])
+        len(tokenizer(tmpl.response_text(r), add_special_tokens=False)["input_ids"])
         for r in records
     ]
     return max(lens, default=1) + 1
@@ -90,9 +96,16 @@ def score(
     """EM per family; writes ``predictions/<name>.jsonl`` when ``out_dir`` is set."""
     sets = eval_sets(world_dir, params.max_samples_per_family)
     records = [r for recs in sets.values() for r in recs]
-    budget = params.max_new_tokens or answer_budget(tokenizer, records)
+    template = getattr(params, "template", None)
+    budget = params.max_new_tokens or answer_budget(tokenizer, records, template)
     preds = greedy_generate(
-        model, tokenizer, records, budget, params.batch_size, ctx.progress
+        model,
+        tokenizer,
+        records,
+        budget,
+        params.batch_size,
+        ctx.progress,
+        template=template,
     )
     seen = seen_flags(world_dir, records)
     hits = [exact_match(p, r["output"]) for r, p in zip(records, preds, strict=True)]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.common.text import format_prompt
 
+def prompt_ids(
+    tokenizer: Any, rec: dict[str, Any], template: str | None = None
+) -> list[int]:
+    """bos + prompt tokens (the generation prompt of ``chat`` included),
+    exactly as ``encode_example`` lays out training rows under ``template``."""
+    from stages.common.templates import get_template
 
-def prompt_ids(tokenizer: Any, rec: dict[str, Any]) -> list[int]:
-    """bos + prompt tokens, exactly as ``encode_example`` lays out training rows."""
-    ids = tokenizer(format_prompt(rec), add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + ids
+    return get_template(template).prompt_ids(tokenizer, rec)
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -34,8 +35,10 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int = 32,
     progress: Any = None,
+    template: str | None = None,
 ) -> list[str]:
-    """Greedy completions (special tokens dropped) of each record's prompt."""
+    """Greedy completions (special tokens dropped) of each record's prompt
+    under ``template`` (None: carp)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -45,7 +48,8 @@ def greedy_generate(
     out: list[str] = []
     model.eval()
     for start in batches:
-        rows = [prompt_ids(tokenizer, r) for r in records[start : start + batch_size]]
+        batch = records[start : start + batch_size]
+        rows = [prompt_ids(tokenizer, r, template) for r in batch]
         ids, mask = left_pad(rows, pad)
         with torch.no_grad():
             gen = model.generate(

@@ -14,7 +14,11 @@ Items come from ``choices_file`` (JSONL of ``question``, ``choices``,
 ``answer``: the gold option's index or text; optional ``id``, ``family``) or, by
 default, from the world's held-out eval records: the prompt as question, the
 reference answer among ``choices - 1`` other answers of the same family (drawn
-with the stage seed). Per-item results go to ``choices/<model>.jsonl``.
+with the stage seed). Under a ``template`` other than carp a world item keeps
+its record: the context is the template's prompt (``prompt_ids``) and each
+option is tokenized as the template writes a response (``response_text``),
+the way training laid out the record. Per-item results go to
+``choices/<model>.jsonl``.
 """
 
 from __future__ import annotations
@@ -96,12 +100,19 @@ def file_items(path: Path) -> list[dict[str, Any]]:
 
 
 def world_items(
-    sets: dict[str, list[dict[str, Any]]], n_choices: int, seed: int
+    sets: dict[str, list[dict[str, Any]]],
+    n_choices: int,
+    seed: int,
+    template: str | None = None,
 ) -> list[dict[str, Any]]:
     """An item per eval record: its prompt, its answer among ``n_choices - 1``
     distinct other answers of its family; records whose family has no other
-    answer are left out."""
+    answer are left out. A template other than carp keeps the record
+    (``record``; ``question`` is then its instruction)."""
+    from stages.common.templates import DEFAULT_TEMPLATE
     from stages.common.text import format_prompt
+
+    carp = template in (None, DEFAULT_TEMPLATE)
 
     items = []
     for fam, recs in sets.items():
@@ -114,16 +125,30 @@ def world_items(
             picked = rng.sample(others, min(n_choices - 1, len(others)))
             gold = rng.randrange(len(picked) + 1)
             picked.insert(gold, r["output"])
-            items.append(
-                {
-                    "id": str(r["id"]),
-                    "family": fam,
-                    "question": format_prompt(r),
-                    "choices": picked,
-                    "answer": gold,
-                }
-            )
+            item = {
+                "id": str(r["id"]),
+                "family": fam,
+                "question": format_prompt(r) if carp else r["instruction"],
+                "choices": picked,
+                "answer": gold,
+            }
+            items.append(item if carp else {**item, "record": r})
     return items
+
+
+def option_pair(
+    tokenizer: Any, item: dict[str, Any], option: str, template: str | None
+) -> tuple[list, list]:
+    """(context ids, continuation ids) of one option: lm-eval's pair for a
+    question, the template's prompt and response tokens for a world record."""
+    if "record" not in item:
+        return encode_pair(tokenizer, item["question"], TARGET_DELIMITER + option)
+    from stages.common.templates import get_template
+
+    tmpl, rec = get_template(template), item["record"]
+    text = tmpl.response_text({**rec, "output": option})
+    cont = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tmpl.prompt_ids(tokenizer, rec), cont
 
 
 def score(
@@ -140,17 +165,18 @@ def score(
     from stages.evaluate.exact_match import eval_sets
     from stages.evaluate.perplexity import windows_nll
 
+    template = getattr(params, "template", None)
     if params.choices_file:
         items = file_items(Path(params.choices_file))
     else:
         sets = eval_sets(world_dir, params.max_samples_per_family)
-        items = world_items(sets, params.mc_choices, ctx.seed)
+        items = world_items(sets, params.mc_choices, ctx.seed, template)
     if not items:
         raise ValueError("multiple_choice: no items to score (empty choices file?)")
     windows = []
     for it in items:
         for c in it["choices"]:
-            ctx_ids, cont = encode_pair(tokenizer, it["question"], TARGET_DELIMITER + c)
+            ctx_ids, cont = option_pair(tokenizer, it, c, template)
             windows.append(_truncate(ctx_ids, cont, params.max_len))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     nll = windows_nll(

@@ -104,15 +104,17 @@ def answer_nll(
     max_len: int,
     batch_size: int,
     progress: Any = None,
+    template: str | None = None,
 ) -> list[tuple[float, int]]:
     """(summed NLL, answer tokens) of each record's response + eos given
-    bos + prompt, exactly the labels recovery trains on (``encode_example``)."""
+    bos + prompt, exactly the labels recovery trains on (``encode_example``
+    under ``template``; None: carp)."""
     import torch
 
     from stages.common.text import IGNORE_INDEX, collate, encode_example
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    examples = [encode_example(tokenizer, r, max_len) for r in records]
+    examples = [encode_example(tokenizer, r, max_len, template) for r in records]
     starts = range(0, len(examples), batch_size)
     if progress is not None:
         starts = progress(starts, "answer perplexity", total=len(starts))
@@ -167,7 +169,13 @@ def score(
         for r in rs
     ]
     nlls = answer_nll(
-        model, tokenizer, records, params.max_len, params.batch_size, ctx.progress
+        model,
+        tokenizer,
+        records,
+        params.max_len,
+        params.batch_size,
+        ctx.progress,
+        template=getattr(params, "template", None),
     )
     if out_dir is not None:
         (out_dir / "answers").mkdir(exist_ok=True)

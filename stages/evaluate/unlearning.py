@@ -64,9 +64,12 @@ def _records(
     return [recs[i] for i in sorted(keep)]
 
 
-def document_ids(tok: Any, rec: dict[str, Any]) -> list[int]:
-    """bos + prompt + response + eos, as training saw the record."""
-    return encode_example(tok, rec, 10**6)[0]
+def document_ids(
+    tok: Any, rec: dict[str, Any], template: str | None = None
+) -> list[int]:
+    """bos + prompt + response + eos, as training saw the record (under
+    ``template``; None: carp)."""
+    return encode_example(tok, rec, 10**6, template)[0]
 
 
 def scored_positions(ids: list[int], labels: list[int], tokens: str) -> list[int]:
@@ -87,6 +90,7 @@ def membership_scores(
     k: float,
     batch_size: int,
     tokens: str = "response",
+    template: str | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
     """Per record: Min-K% score, Min-K%++ score and mean NLL over the tokens
     ``scored_positions`` picks."""
@@ -95,7 +99,8 @@ def membership_scores(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     mk, mkpp, nll = [], [], []
     for s in range(0, len(records), batch_size):
-        enc = [encode_example(tok, r, 10**6) for r in records[s : s + batch_size]]
+        batch = records[s : s + batch_size]
+        enc = [encode_example(tok, r, 10**6, template) for r in batch]
         rows = [r for r, _ in enc]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -140,11 +145,16 @@ def continue_ids(
 
 
 def verbmem(
-    model: Any, tok: Any, records: list[dict[str, Any]], frac: float, batch_size: int
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    frac: float,
+    batch_size: int,
+    template: str | None = None,
 ) -> list[float]:
     """ROUGE-L of the greedy continuation of each document's first ``frac`` of
     tokens against the true rest, per record."""
-    docs = [document_ids(tok, r)[:-1] for r in records]  # no eos
+    docs = [document_ids(tok, r, template)[:-1] for r in records]  # no eos
     cut = [max(2, round(frac * len(d))) for d in docs]
     prefixes = [d[:c] for d, c in zip(docs, cut, strict=True)]
     truths = [
@@ -158,17 +168,20 @@ def verbmem(
 
 
 def knowmem(
-    model: Any, tok: Any, records: list[dict[str, Any]], batch_size: int
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    batch_size: int,
+    template: str | None = None,
 ) -> tuple[list[float], list[float]]:
     """ROUGE-L and exact match of greedy answers to the facts' questions, per
     record."""
     if not records:
         return [], []
-    budget = 1 + max(
-        len(tok(f" {r['output']}", add_special_tokens=False)["input_ids"])
-        for r in records
-    )
-    preds = greedy_generate(model, tok, records, budget, batch_size)
+    from stages.evaluate.exact_match import answer_budget
+
+    budget = answer_budget(tok, records, template)
+    preds = greedy_generate(model, tok, records, budget, batch_size, template=template)
     pairs = list(zip(preds, records, strict=True))
     rl = [rouge_l(normalize_answer(p), r["output"]) for p, r in pairs]
     em = [float(exact_match(p, r["output"])) for p, r in pairs]
@@ -251,6 +264,7 @@ def score(
     bs = params.batch_size
     k = getattr(params, "mia_k", 0.4)
     tokens = getattr(params, "mia_tokens", "response")
+    tmpl = getattr(params, "template", None)
     forget = _records(world_dir, "forget", limit, ctx.seed)
     if not forget:
         raise ValueError(f"data: {Path(world_dir).name} has no forget.jsonl records")
@@ -260,22 +274,24 @@ def score(
     seed = rng_seed(ctx.seed, "unlearning")
     out: dict[str, float] = {}
     frac = getattr(params, "verbmem_prefix", 0.5)
-    vm = verbmem(model, tokenizer, forget, frac, bs)
+    vm = verbmem(model, tokenizer, forget, frac, bs, tmpl)
     out |= mean_with_interval(
         "unlearn/verbmem_forget", vm, seed, False, subjects(forget)
     )
     for split, recs in (("forget", forget), ("retain", retain)):
-        rl, em = knowmem(model, tokenizer, recs, bs)
+        rl, em = knowmem(model, tokenizer, recs, bs, tmpl)
         people = subjects(recs)
         out |= mean_with_interval(f"unlearn/knowmem_{split}", rl, seed, False, people)
         out |= mean_with_interval(f"unlearn/em_{split}", em, seed, True, people)
-    f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs, tokens)
+    f_mk, f_pp, f_nll = membership_scores(model, tokenizer, forget, k, bs, tokens, tmpl)
     out |= mean_with_interval(
         "unlearn/nll_forget", f_nll, seed, False, subjects(forget)
     )
     sets = {"forget": (forget, f_mk, f_pp)}
     if holdout:
-        h_mk, h_pp, h_nll = membership_scores(model, tokenizer, holdout, k, bs, tokens)
+        h_mk, h_pp, h_nll = membership_scores(
+            model, tokenizer, holdout, k, bs, tokens, tmpl
+        )
         out |= mean_with_interval(
             "unlearn/nll_holdout", h_nll, seed, False, subjects(holdout)
         )

@@ -10,9 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.contract import Input, Kind, Registry, RunContext, StageResult
+from stages.common.templates import (
+    TEMPLATE_DESCRIPTION,
+    TRAIN_ON_INPUTS_DESCRIPTION,
+    check_template,
+)
 from stages.common.train.params import TrainParams
 
 DEFAULT_METHOD = "full"
@@ -31,6 +36,14 @@ class Params(TrainParams):
         "`infer`: every exact zero of a 2-D weight stays zero (inputs without a "
         "mask file); `none`: train dense.",
     )
+
+    template: str | None = Field(None, description=TEMPLATE_DESCRIPTION)
+    train_on_inputs: bool = Field(False, description=TRAIN_ON_INPUTS_DESCRIPTION)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return check_template(v)
 
 
 def extra_provides(params: Params) -> frozenset[str]:

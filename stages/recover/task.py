@@ -30,7 +30,10 @@ def build(job: dict[str, Any], device: str) -> TrainTask:
         )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     records = read_dataset(Path(job["inputs"]["data"]))
-    examples = [encode_example(tok, r, params.max_len) for r in records]
+    examples = [
+        encode_example(tok, r, params.max_len, params.template, params.train_on_inputs)
+        for r in records
+    ]
 
     base = load_model(model_dir)
     masks = resolve_masks(params.mask, base, model_dir)

@@ -25,6 +25,7 @@ from pipelines.contract import (
     StageParams,
     StageResult,
 )
+from stages.common.templates import TEMPLATE_DESCRIPTION, check_template
 from stages.select.budget import check_budget, resolve_budget
 
 REPORT_FILE = "selection.json"
@@ -47,6 +48,13 @@ class Params(StageParams):
         "selecting (a capability subset, e.g. one expert's data); a fractional "
         "budget is then a fraction of that subset.",
     )
+
+    template: str | None = Field(None, description=TEMPLATE_DESCRIPTION)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return check_template(v)
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -73,6 +73,7 @@ def generation_hits(
     greedy answers to ``pool[idx]``, and how many records were generated now
     (the rest come from the cache ``gen-<original>-<pruned>``)."""
     from stages.common.io import load_tokenizer
+    from stages.common.templates import as_instruction
     from stages.evaluate.exact_match import answer_budget
     from stages.evaluate.generation import greedy_generate
     from stages.evaluate.scoring import exact_match
@@ -82,19 +83,23 @@ def generation_hits(
     recs = [pool[i] for i in idx]
     mp, mo = Path(inputs["model"]), Path(inputs["reference"])
     cache = ScoreCache(root / f"gen-{fingerprint(mo)}-{fingerprint(mp)}", 2)
-    keys = [lm_key(r) for r in recs]
+    keys = [lm_key(r, params.template) for r in recs]
     vals, missing = cache.lookup(keys)
     if missing:
         tok = load_tokenizer(mp)
         todo = [recs[i] for i in missing]
-        budget = answer_budget(tok, todo)
+        budget = answer_budget(tok, todo, params.template)
+        # named only when set: greedy_generate's callers may stand in a
+        # narrower function (tests fake generation)
+        tmpl = {"template": params.template} if params.template else {}
         cols = []
         for path in (mo, mp):
             model = load_lm(path, device, params.dtype)
             preds = greedy_generate(
-                model, tok, todo, budget, params.max_batch, ctx.progress
+                model, tok, todo, budget, params.max_batch, ctx.progress, **tmpl
             )
-            cols.append([exact_match(p, r["output"]) for p, r in zip(preds, todo)])  # noqa: B905
+            refs = [as_instruction(r)["output"] for r in todo]
+            cols.append([exact_match(p, a) for p, a in zip(preds, refs)])  # noqa: B905
             del model
         new = np.asarray(cols, dtype=np.float32).T
         cache.add([keys[i] for i in missing], new)

@@ -600,10 +600,10 @@ def lm_pair_scores(
 
     mp, mo = Path(inputs["model"]), Path(inputs["reference"])
     tok = load_tokenizer(mp)
-    enc = encode_records(tok, pool, params.max_len)
+    enc = encode_records(tok, pool, params.max_len, params.template)
     n_tokens = np.array([len(ids) for ids, _ in enc])
     name = f"{kind}-{fingerprint(mo)}-{fingerprint(mp)}-len{params.max_len}"
-    keys = [lm_key(r) for r in pool]
+    keys = [lm_key(r, params.template) for r in pool]
     cached, missing = ScoreCache(root / name, dim).lookup(keys)
     if not missing:
         return cached, n_tokens, 0

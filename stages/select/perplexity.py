@@ -70,14 +70,14 @@ def nll_scores(
     tok = load_tokenizer(model_dir)
     kind = "nll-resp" if response_only else "nll"
     name = f"{kind}-{fingerprint(model_dir)}-len{params.max_len}"
-    keys = [lm_key(r) for r in pool]
+    keys = [lm_key(r, params.template) for r in pool]
     cached, missing = ScoreCache(root / name, 1).lookup(keys)
     if not missing:
         return cached[:, 0], 0
     if response_only:
-        enc = [_response_only(tok, r, params.max_len) for r in pool]
+        enc = [_response_only(tok, r, params.max_len, params.template) for r in pool]
     else:
-        enc = encode_records(tok, pool, params.max_len)
+        enc = encode_records(tok, pool, params.max_len, params.template)
     device = pick_device(params.device)
     model = load_lm(model_dir, device, params.dtype)
 
@@ -89,13 +89,15 @@ def nll_scores(
 
 
 def _response_only(
-    tokenizer: Any, rec: dict[str, Any], max_len: int
+    tokenizer: Any, rec: dict[str, Any], max_len: int, template: str | None = None
 ) -> tuple[list[int], list[int]]:
-    """BOS + response + EOS with every response token a label (same response
-    tokenisation as ``encode_example``, which tokenises it on its own)."""
-    from stages.common.text import IGNORE_INDEX, format_response
+    """BOS + response + EOS with every response token a label (the template's
+    response text, tokenised on its own as ``encode_example`` does)."""
+    from stages.common.templates import get_template
+    from stages.common.text import IGNORE_INDEX
 
-    resp = tokenizer(format_response(rec), add_special_tokens=False)["input_ids"]
+    text = get_template(template).response_text(rec)
+    resp = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     resp = (resp + [tokenizer.eos_token_id])[: max_len - len(bos)]
     if not bos:  # the first token has no prediction; keep it as context only

@@ -233,16 +233,28 @@ def load_lm(path: Path, device: str, dtype: str) -> Any:
 
 
 def encode_records(
-    tokenizer: Any, records: Sequence[dict[str, Any]], max_len: int
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    max_len: int,
+    template: str | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """The shared training encoding (labels != -100 exactly on response tokens)."""
+    """The shared training encoding under ``template`` (labels != -100 exactly
+    on response tokens)."""
     from stages.common.text import encode_example
 
-    return [encode_example(tokenizer, r, max_len) for r in records]
+    return [encode_example(tokenizer, r, max_len, template) for r in records]
 
 
-def lm_key(rec: dict[str, Any]) -> str:
-    """Cache key of a record for LM scores (its id + formatted text digest)."""
+def lm_key(rec: dict[str, Any], template: str | None = None) -> str:
+    """Cache key of a record for LM scores (its id + formatted text digest);
+    a template other than carp keys on its spec and the record's content."""
+    import json
+
+    from stages.common.templates import DEFAULT_TEMPLATE
     from stages.common.text import format_prompt, format_response
 
-    return record_key(rec, format_prompt(rec) + format_response(rec))
+    if template in (None, DEFAULT_TEMPLATE):
+        return record_key(rec, format_prompt(rec) + format_response(rec))
+    fields = ("instruction", "input", "output", "messages", "text")
+    content = json.dumps({k: rec.get(k) for k in fields}, sort_keys=True)
+    return record_key(rec, f"{template}\x00{content}")

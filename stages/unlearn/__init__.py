@@ -15,9 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.contract import Input, Kind, Registry, RunContext, StageResult
+from stages.common.templates import (
+    TEMPLATE_DESCRIPTION,
+    TRAIN_ON_INPUTS_DESCRIPTION,
+    check_template,
+)
 from stages.common.train.params import TrainParams
 
 DEFAULT_METHOD = "npo"
@@ -50,6 +55,14 @@ class Params(TrainParams):
         0.0, ge=0, lt=1, description="Fraction of the steps spent warming up."
     )
     micro_batch: int = Field(8, ge=1, description="Forget examples per forward pass.")
+
+    template: str | None = Field(None, description=TEMPLATE_DESCRIPTION)
+    train_on_inputs: bool = Field(False, description=TRAIN_ON_INPUTS_DESCRIPTION)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return check_template(v)
 
 
 def retries(params: Params) -> int:

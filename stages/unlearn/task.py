@@ -47,7 +47,8 @@ class Setup:
     def ref_logps(self, batch_size: int = 32) -> Any:
         """log π_ref(y|x) of every forget example (B,), computed once with the
         input weights and cached in the checkpoint folder (keyed on the input
-        model, the forget set and max_len), so a resumed run reuses it."""
+        model, the forget set, max_len and the encoding), so a resumed run
+        reuses it."""
         import torch
         from safetensors.torch import load_file, save_file
 
@@ -107,6 +108,19 @@ def retain_order(n_forget: int, n_retain: int, seed: int) -> list[int]:
     return order[:n_forget]
 
 
+def encoding_key(params: Any) -> list[str]:
+    """What else shapes the forget rows' ids and labels: the template and
+    train_on_inputs when not the defaults (so default keys stay as they were)."""
+    from stages.common.templates import DEFAULT_TEMPLATE
+
+    out = []
+    if params.template not in (None, DEFAULT_TEMPLATE):
+        out.append(f"template={params.template}")
+    if params.train_on_inputs:
+        out.append("train_on_inputs")
+    return out
+
+
 def build(job: dict[str, Any], device: str) -> TrainTask:
     """Load model, masks, forget/retain data; make the method's loss; a task."""
     from stages.common.io import load_model, load_tokenizer, read_dataset
@@ -126,7 +140,10 @@ def build(job: dict[str, Any], device: str) -> TrainTask:
 
     def encode(folder: str) -> list[tuple[list[int], list[int]]]:
         return [
-            encode_example(tok, r, params.max_len) for r in read_dataset(Path(folder))
+            encode_example(
+                tok, r, params.max_len, params.template, params.train_on_inputs
+            )
+            for r in read_dataset(Path(folder))
         ]
 
     forget = encode(inputs["forget"])
@@ -150,6 +167,7 @@ def build(job: dict[str, Any], device: str) -> TrainTask:
                 input_identity(job, "model"),
                 input_identity(job, "forget"),
                 str(params.max_len),
+                *encoding_key(params),
             ]
         ).encode()
     ).hexdigest()[:16]

@@ -323,3 +323,62 @@ def test_pack_windows_of_exactly_max_len() -> None:
         pack(rows, 13)
     with pytest.raises(ValueError, match="one label per token"):
         pack([([1, 2], [1])], 2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "method", "fields"),
+    [
+        ("select", "random", {"pool": "w", "budget": 0.5}),
+        ("recover", "full", {"model": "m", "data": "d"}),
+        ("unlearn", "ga", {"model": "m", "forget": "f"}),
+        ("evaluate", "world", {"models": ["m"], "data": "w"}),
+    ],
+)
+def test_every_consuming_kind_checks_its_template(
+    kind: str, method: str, fields: dict[str, Any]
+) -> None:
+    from pydantic import ValidationError
+
+    from pipelines.kinds import load_kind
+
+    cls = load_kind(kind).params_class(method)
+    assert cls(**fields).template is None
+    assert cls(**fields, template="alpaca").template == "alpaca"
+    with pytest.raises(ValidationError, match="unknown template 'alpacca'; known"):
+        cls(**fields, template="alpacca")
+    if kind in ("recover", "unlearn"):
+        assert cls(**fields).train_on_inputs is False
+        assert cls(**fields, train_on_inputs=True).train_on_inputs is True
+
+
+def test_the_call_sites_follow_the_template() -> None:
+    from stages.evaluate.exact_match import answer_budget
+    from stages.evaluate.generation import prompt_ids
+    from stages.evaluate.multiple_choice import option_pair, world_items
+    from stages.select.perplexity import _response_only
+    from stages.select.scoring import encode_records, lm_key
+
+    tok = word_tokenizer(CHATML)
+    recs = [INST, {**INST, "id": "r2", "output": "7"}]
+    alpaca = get_template("alpaca")
+    assert encode_records(tok, recs, 512, "alpaca") == [
+        alpaca.encode(tok, r, 512) for r in recs
+    ]
+    assert lm_key(INST) == lm_key(INST, "carp") != lm_key(INST, "alpaca")
+    assert lm_key(INST, "alpaca") != lm_key(INST, "chat")
+    for name in (None, "alpaca", "chat"):
+        t = get_template(name)
+        assert prompt_ids(tok, INST, name) == t.prompt_ids(tok, INST)
+    assert prompt_ids(tok, INST, "chat")[-2:] == tok.convert_tokens_to_ids(
+        ["assistant", "\n"]
+    )
+    # carp's answer is " 5" (2 tokens), alpaca's "5" (1), both + eos
+    assert answer_budget(tok, recs) == 3 and answer_budget(tok, recs, "alpaca") == 2
+    ids, labels = _response_only(tok, INST, 64, "alpaca")
+    assert toks(tok, ids) == ["<s>", "5", "</s>"] and labels[1:] == ids[1:]
+    items = world_items({"add": recs}, 2, seed=0, template="alpaca")
+    ctx, cont = option_pair(tok, items[0], "7", "alpaca")
+    assert ctx == alpaca.prompt_ids(tok, INST) and toks(tok, cont) == ["7"]
+    carp_items = world_items({"add": recs}, 2, seed=0)
+    assert "record" not in carp_items[0]
+    assert carp_items[0]["question"] == "Q: add 2 3\nA:"
