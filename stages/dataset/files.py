@@ -43,7 +43,6 @@ BUILDERS = {  # the `format` option -> datasets' packaged builder
     "txt": "text",
     "arrow": "arrow",
 }
-SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
 UNITS = {"file": "document", "line": "line", "paragraph": "paragraph"}
 
 
@@ -124,7 +123,7 @@ def fmt_of(f: Path, fmt: str) -> str:
     if fmt != "auto":
         return BUILDERS[fmt]
     builder = EXTENSIONS.get(f.suffix.lower())
-    if builder is None:
+    if builder is None:  # one of the files given: a folder's are picked by extension
         raise CorruptDataError(
             f"{f}: unknown format of extension '{f.suffix or '(none)'}'; use one of "
             f"{', '.join(EXTENSIONS)} or set format "
@@ -143,12 +142,14 @@ def data_files(p: Path, fmt: str) -> list[Path]:
         for f in p.rglob("*")
         if f.is_file()
         and not any(part.startswith(".") for part in f.relative_to(p).parts)
-        and (fmt != "auto" or f.suffix.lower() in EXTENSIONS)
+        and f.suffix.lower() in EXTENSIONS
+        and (fmt == "auto" or EXTENSIONS[f.suffix.lower()] == BUILDERS[fmt])
     )
     if not found:
+        exts = [e for e, b in EXTENSIONS.items() if fmt == "auto" or b == BUILDERS[fmt]]
         raise CorruptDataError(
-            f"{p}: the folder holds no data file ({', '.join(EXTENSIONS)}); put the "
-            "records there or point path at the files"
+            f"{p}: the folder holds no data file ({', '.join(exts)}); put the "
+            "records there or list the files in path"
         )
     kinds = {fmt_of(f, fmt) for f in found}
     if len(kinds) > 1:
@@ -180,7 +181,10 @@ def folder_splits(folder: Path, fmt: str) -> dict[str, list[Path]]:
 
 
 def saved_folder(p: Path) -> bool:
-    return any((p / m).exists() for m in SAVED_MARKERS)
+    """Written by save_to_disk: its state files, or its info beside Arrow data."""
+    if (p / "state.json").exists() or (p / "dataset_dict.json").exists():
+        return True
+    return (p / "dataset_info.json").exists() and any(p.glob("*.arrow"))
 
 
 def load_saved(folder: Path) -> dict[str, list[Source]]:

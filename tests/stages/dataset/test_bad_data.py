@@ -382,3 +382,18 @@ def test_bad_params_fail_validation_naming_the_field(params, where, fragment):
 
 def test_the_catalogue_is_large_enough():
     assert len(RUN_CASES) + len(VALIDATION_CASES) >= 32
+
+
+def test_cli_checks_a_single_path_before_running(tmp_path):
+    from pipelines.spec import local_path_issues
+
+    def issues(path):
+        body = {"kind": "dataset", "method": "files", "path": path}
+        decl = validate({"pipeline": "t", "stages": {"d": body}})
+        return [str(i) for i in local_path_issues(decl, root=tmp_path)]
+
+    (tmp_path / "here.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / "folder").mkdir()
+    assert issues("here.jsonl") == [] and issues("folder") == []
+    assert issues("gone.jsonl") == ["stages.d.path: gone.jsonl does not exist"]
+    assert issues(["gone.jsonl"]) == []  # a list is checked when the stage runs

@@ -339,3 +339,12 @@ def test_hub_rows_take_the_shared_path(tmp_path, monkeypatch, reference):
     )
     assert recs == reference[0][:4]
     assert info["source"] == "hub:org/data/cfg" and info["revision"] == "v1"
+
+
+def test_declared_format_picks_that_format_in_a_folder(tmp_path, reference):
+    src = tmp_path / "mixed"
+    write("csv", src, RECS)
+    (src / "notes.jsonl").write_text(json.dumps({"text": "not these"}) + "\n")
+    (src / "README.md").write_text("# about")
+    recs, info, _ = imp(tmp_path / "o", path=str(src), format="csv")
+    assert recs == reference[0] and info["files"] == [str(src / "d.csv")]
