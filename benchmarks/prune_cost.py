@@ -7,7 +7,7 @@ only), ``load+save`` (load the checkpoint and write it back with the stage's
 streaming writer, no pruning) and ``load+save_pretrained`` (the same with
 transformers' ``save_pretrained``, which also imports DeepSpeed). Ratios
 printed: peak RSS / model size in memory, peak RSS / load+save peak, and time
-/ load+save time. The bar (issue 13): Wanda/SparseGPT peak RSS on the large model
+/ load+save time. The target: Wanda/SparseGPT peak RSS on the large model
 <= 1.3 x the model's own size, width taylor <= 2 x. Calibration: ``nsamples``
 windows of ``seqlen`` tokens (``--calib-format windows``, the heavier case).
 

@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 
+# Kind.sizes: (params, upstream sizes by input field) -> named counts
+Sizes = Callable[[Any, Mapping[str, Mapping[str, int]]], Mapping[str, int]]
+
 # Artifact kinds exchanged between stages (see DESIGN.md, "Artifacts").
 ARTIFACT_KINDS = ("world", "dataset", "model", "adapter", "metrics", "tokenizer")
 
@@ -266,6 +269,16 @@ class Kind:
     entries of (suites, task families), listed by ``carp methods``.
     ``notes``: conventions that hold for every method of the kind (printed by
     ``carp methods`` under the methods).
+
+    Facts the engine asks before anything runs (validation, ``carp plan``):
+    ``sizes(params, upstream)``: named counts of what a node holds or does,
+    given its inputs' sizes by field (``{}`` where unknown): ``records`` (rows of
+    its dataset output), ``scored`` (items an evaluation scores) and, for a
+    world, ``eval_per_family`` / ``eval_families``; a method module may define
+    its own ``sizes`` function instead). ``budgets``: params that
+    count records drawn from an input (field -> input field), checked against
+    that input's ``records``. ``trusts_code(params)``: the node runs code that
+    ships with a checkpoint (``trust_remote_code``).
     """
 
     name: str
@@ -282,6 +295,11 @@ class Kind:
     code: Callable[[Any], Iterable[str]] | None = None
     catalogs: tuple[Registry, ...] = ()
     notes: tuple[str, ...] = ()
+    sizes: (
+        Callable[[Any, Mapping[str, Mapping[str, int]]], Mapping[str, int]] | None
+    ) = None
+    budgets: Mapping[str, str] = field(default_factory=dict)
+    trusts_code: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.provides) - set(ARTIFACT_KINDS)
@@ -310,6 +328,20 @@ class Kind:
 
     def retries_for(self, params: Any) -> int:
         return int(self.retries(params)) if self.retries else 0
+
+    def sizes_of(
+        self, params: Any, upstream: Mapping[str, Mapping[str, int]] | None = None
+    ) -> dict[str, int]:
+        """:attr:`sizes` for a node, else its method module's ``sizes`` function
+        (a method may know what its kind cannot); ``{}``: neither declares any."""
+        fn = self.sizes or getattr(self.method(params.method), "sizes", None)
+        if fn is None:
+            return {}
+        got = fn(params, upstream or {})
+        return {k: int(v) for k, v in got.items() if v is not None}
+
+    def runs_shipped_code(self, params: Any) -> bool:
+        return bool(self.trusts_code(params)) if self.trusts_code else False
 
     def code_modules(self, params: Any) -> list[str]:
         """Module names a node with ``params`` runs: the kind package, its

@@ -304,7 +304,7 @@ def remote_code(prep: Prepared) -> bool:
     """``trust_remote_code`` declared on this node (``pretrained``) or recorded
     on one of its inputs: the node's output records it in turn, so loaders of
     models made from a trusted checkpoint run its code, and no others do."""
-    if getattr(prep.node.params, "trust_remote_code", False) is True:
+    if load_kind(prep.node.kind).runs_shipped_code(prep.node.params):
         return True
     for value in prep.inputs.values():
         for path in value if isinstance(value, list) else [value]:

@@ -682,23 +682,27 @@ def _check_inputs(
 
 
 def _check_budgets(stages: dict[str, StageDecl], issues: list[Issue]) -> None:
-    """A record-count ``budget`` larger than its ``pool``, where the pool's size
-    is declared (a world's ``pool_size``): caught now rather than at run time."""
+    """A record-count budget (a field the kind lists in ``Kind.budgets``)
+    larger than the records of the input it draws from, where every variant of
+    that input declares its size (``Kind.sizes``: a world's ``pool_size``):
+    caught now rather than at run time."""
     for decl in stages.values():
+        kind = load_kind(decl.kind)
         for _, params in decl.variants:
-            budget, pool = (
-                getattr(params, "budget", None),
-                getattr(params, "pool", None),
-            )
-            if type(budget) is not int or pool not in stages:
-                continue
-            sizes = [getattr(p, "pool_size", None) for _, p in stages[pool].variants]
-            known = [n for n in sizes if type(n) is int]
-            if known and len(known) == len(sizes) and budget > min(known):
+            for field, source in kind.budgets.items():
+                budget, ref = getattr(params, field), getattr(params, source)
+                ref = ref_stage(ref) if isinstance(ref, str) else None
+                if type(budget) is not int or ref not in stages:
+                    continue
+                up = stages[ref]
+                up_kind = load_kind(up.kind)
+                sizes = [up_kind.sizes_of(p).get("records") for _, p in up.variants]
+                if None in sizes or budget <= min(sizes):
+                    continue
                 issue = Issue(
-                    f"stages.{decl.name}.budget",
-                    f"{budget} records, but pool '{pool}' has {min(known)}; give at "
-                    "most that many, or a fraction such as 0.2",
+                    f"stages.{decl.name}.{field}",
+                    f"{budget} records, but {source} '{ref}' has {min(sizes)}; give "
+                    "at most that many, or a fraction such as 0.2",
                 )
                 if str(issue) not in {str(i) for i in issues}:
                     issues.append(issue)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.kinds import load_kind
 from pipelines.plan.estimators import (
     ESTIMATORS,
     Context,
@@ -17,8 +18,6 @@ from pipelines.plan.estimators import (
     Hardware,
 )
 from pipelines.plan.shapes import Shape, config_of
-
-N_FAMILIES = 9  # the world's registered task families (default: all)
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,15 @@ class Row:
     warning: str = ""
 
 
-def _records(node: Any, records: dict[str, int]) -> int:
-    p = node.params
-    if node.kind == "world":
-        return int(p.pool_size)
-    if node.kind == "select":
-        pool = records.get(node.inputs.get("pool", ""), 0)
-        b = p.budget
-        return int(b) if isinstance(b, int) else int(round(pool * float(b)))
-    if node.kind in ("dataset", "evaluate"):
-        src = node.inputs.get("world") or node.inputs.get("data") or ""
-        if node.kind == "evaluate":
-            return _eval_records(node, records.get(f"{src}#eval", 0))
-        return records.get(src, 0)
-    return 0
+def node_sizes(node: Any, sizes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """What the node's kind says it holds (``Kind.sizes``), from its inputs'
+    sizes by field (a list input: its first upstream)."""
+    upstream = {}
+    for field, value in node.inputs.items():
+        first = value[0] if isinstance(value, list) and value else value
+        if isinstance(first, str) and first in sizes:
+            upstream[field] = sizes[first]
+    return load_kind(node.kind).sizes_of(node.params, upstream)
 
 
 def _record_tokens(node: Any, tokens: dict[str, int]) -> int:
@@ -58,12 +52,6 @@ def _record_tokens(node: Any, tokens: dict[str, int]) -> int:
         return longest_document(node.params) + 2
     src = {"select": "pool", "dataset": "world"}.get(node.kind)
     return tokens.get(node.inputs.get(src, ""), 0) if src else 0
-
-
-def _eval_records(node: Any, per_family: int) -> int:
-    cap = node.params.max_samples_per_family
-    n = min(per_family, cap) if cap else per_family
-    return N_FAMILIES * n
 
 
 def _shape(
@@ -103,7 +91,7 @@ def _shape(
     if p.method == "width":
         return s.scaled(1 - p.sparsity)
     if p.method == "depth":
-        blocks = getattr(p, "blocks", None)
+        blocks = p.blocks
         drop = len(blocks) if blocks else round(s.layers * p.sparsity)
         return s.scaled(1.0, layers=max(1, s.layers - drop))
     return s
@@ -131,14 +119,13 @@ def plan(
 ) -> list[Row]:
     """One row per node, in run order."""
     shapes: dict[str, Shape | None] = {}
-    records: dict[str, int] = {}
+    sizes: dict[str, dict[str, int]] = {}
     vocab: dict[str, int] = {}
     tokens: dict[str, int] = {}
     rows = []
     for node in graph.nodes.values():
         if node.kind == "world":
             vocab[node.name] = node.params.vocab_size
-            records[f"{node.name}#eval"] = node.params.eval_per_family
         shape = _shape(node, shapes, root, overrides or {}, vocab)
         shapes[node.name] = shape
         first = node.inputs.get("model") or node.inputs.get("models")
@@ -146,7 +133,7 @@ def plan(
             first = first[0] if first else None
         # estimators read the model a node loads; the table shows what it makes
         seen = shapes.get(first) if first else shape
-        records[node.name] = _records(node, records)
+        sizes[node.name] = node_sizes(node, sizes)
         tokens[node.name] = _record_tokens(node, tokens)
         fn = ESTIMATORS.get(node.kind)
         needs_model = node.kind in (
@@ -157,7 +144,7 @@ def plan(
             "evaluate",
             "pretrain",
         )
-        method = str(getattr(node.params, "method", ""))
+        method = str(node.params.method)
         if fn is None or (needs_model and seen is None):
             lost = [
                 n.stage
@@ -177,12 +164,9 @@ def plan(
             or node.inputs.get("calib")
             or ""
         )
-        n = (
-            records[node.name]
-            if node.kind in ("select", "evaluate")
-            else records.get(data if isinstance(data, str) else "", 0)
-        )
         src = data if isinstance(data, str) else ""
+        # what the node itself works through, else the records it reads
+        n = sizes[node.name].get("scored", sizes.get(src, {}).get("records", 0))
         ctx = Context(seen, n, hw, _world(node, hw, root), tokens.get(src, 0))
         est = fn(node.params, ctx)
         rows.append(

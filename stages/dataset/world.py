@@ -68,6 +68,13 @@ class Params(KindParams):
         return self
 
 
+def sizes(params: Params, upstream: Any) -> dict[str, int]:
+    """At most the world's pool for ``split: pool`` (people filters only drop
+    records); the other files' sizes are known once the world is built."""
+    pool = upstream.get("world", {}).get("records")
+    return {"records": pool} if params.split == "pool" and pool is not None else {}
+
+
 def choose_people(
     subjects: list[str], people: float | int | None, parts: int, part: int, seed: int
 ) -> set[str]:

@@ -23,6 +23,17 @@ from stages.evaluate import SUITES
 from stages.evaluate import Params as KindParams
 
 
+def sizes(params: Params, upstream: Any) -> dict[str, int]:
+    """Items scored: each family's first ``max_samples_per_family`` eval
+    records, over the world's families."""
+    data = upstream.get("data", {})
+    per, families = data.get("eval_per_family"), data.get("eval_families")
+    if per is None or families is None:
+        return {}
+    cap = params.max_samples_per_family
+    return {"scored": (min(per, cap) if cap else per) * families}
+
+
 class Params(KindParams):
     method: Literal["world"] = "world"
     data: str = Input("world", "Upstream world stage: eval/<family>.jsonl, ppl.txt.")

@@ -63,4 +63,5 @@ KIND = Kind(
     provides=frozenset({"model", "tokenizer"}),
     default_method=DEFAULT_METHOD,
     plots=False,
+    trusts_code=lambda params: params.trust_remote_code is True,
 )

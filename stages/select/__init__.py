@@ -191,6 +191,21 @@ METHODS = Registry(
     base=Params,
     entry="select",
 )
+
+
+def sizes(params: Params, upstream: Any) -> dict[str, int]:
+    """Records selected: a count as given, a fraction of the pool's records
+    (as :func:`resolve_budget` rounds it), the whole pool without a budget."""
+    pool = upstream.get("pool", {}).get("records")
+    b = params.budget
+    if type(b) is int:
+        return {"records": b, "scored": b}
+    if pool is None:
+        return {}
+    n = pool if b is None else resolve_budget(b, pool)
+    return {"records": n, "scored": n}
+
+
 KIND = Kind(
     name="select",
     params=Params,
@@ -198,4 +213,6 @@ KIND = Kind(
     run=run,
     provides=frozenset({"dataset"}),
     resumable=True,  # score caches (embeddings, JSD) live in ctx.checkpoint_dir
+    sizes=sizes,
+    budgets={"budget": "pool"},
 )

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-_TOKEN = re.compile(r"[a-z][a-z'\-]*|\d+(?:\.\d+)?|[^\sa-z\d]")
+_TOKEN = re.compile(r"[a-z]+(?:['\-][a-z]+)*|\d+(?:\.\d+)?|[^\sa-z\d]")
 
 
 def _stopwords() -> frozenset[str]:

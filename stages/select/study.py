@@ -1,4 +1,4 @@
-"""Selection-study statistics (issue 12): paired differences of exact match
+"""Selection-study statistics: paired differences of exact match
 between a selection method and the baseline (random) recovered at the same
 budget and seed, with a bootstrap over seeds and eval records; and the
 corrupted records a selection took against random's hypergeometric range.

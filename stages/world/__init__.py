@@ -137,6 +137,18 @@ METHODS = Registry(
     base=Params,
     entry="build",
 )
+
+
+def sizes(params: Params, upstream: Any) -> dict[str, int]:
+    """The pool's records (at most ``pool_size``: closed families may stop
+    early) and the evaluation sets' shape."""
+    return {
+        "records": params.pool_size,
+        "eval_per_family": params.eval_per_family,
+        "eval_families": len(params.families),
+    }
+
+
 KIND = Kind(
     name="world",
     params=Params,
@@ -147,4 +159,5 @@ KIND = Kind(
     plots=False,
     code=family_modules,
     catalogs=(FAMILIES,),
+    sizes=sizes,
 )

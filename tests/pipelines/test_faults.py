@@ -1,4 +1,4 @@
-"""Faults (issue 14): killed stages, killed `carp run`s and MLflow parent runs.
+"""Faults: killed stages, killed `carp run`s and MLflow parent runs.
 
 The default suite keeps the cheap checks (a child dies with its parent; a DVC
 stage ends the parent run it reopened; SIGTERM inside a stage, or between the

@@ -307,3 +307,52 @@ def test_plan_within_30_percent_of_measured_peaks(decl, tmp_path):
     print(f"{decl}: node, measured MiB, planned MiB:", report)
     for node, measured, est in report:
         assert abs(est - measured) / measured <= 0.30, (node, measured, est)
+
+
+def test_sizes_come_from_the_kinds_not_constants():
+    """The planner asks each kind what it holds: the evaluation count follows
+    the world's declared families and the cap, the selection its budget."""
+    from pipelines.plan import node_sizes
+
+    def graph(families, cap, budget):
+        return build(
+            validate(
+                {
+                    "pipeline": "t",
+                    "stages": {
+                        "w": {
+                            "kind": "world",
+                            "families": families,
+                            "pool_size": 200,
+                            "eval_per_family": 10,
+                        },
+                        "s": {
+                            "kind": "select",
+                            "method": "random",
+                            "pool": "w",
+                            "budget": budget,
+                        },
+                        "m": {"kind": "pretrain", "data": "w"},
+                        "e": {
+                            "kind": "evaluate",
+                            "models": ["m"],
+                            "data": "w",
+                            "max_samples_per_family": cap,
+                        },
+                    },
+                }
+            )
+        )
+
+    for families, cap, budget, scored, picked in [
+        (["add", "facts"], None, 0.25, 20, 50),
+        (["add", "facts", "sort"], 4, 7, 12, 7),
+    ]:
+        g = graph(families, cap, budget)
+        sizes = {}
+        for name, node in g.nodes.items():
+            sizes[name] = node_sizes(node, sizes)
+        assert sizes["w"]["records"] == 200
+        assert sizes["w"]["eval_families"] == len(families)
+        assert sizes["s"]["records"] == picked
+        assert sizes["e"]["scored"] == scored

@@ -1,4 +1,4 @@
-"""Reliability (issue 14): hostile or broken declarations, run-time faults and
+"""Reliability: hostile or broken declarations, run-time faults and
 two pipelines in one checkout give a message and a non-zero exit, never a
 traceback (unless ``--debug``), a hang, a silently accepted value or an
 overwritten artifact."""

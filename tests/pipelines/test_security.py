@@ -1,4 +1,4 @@
-"""Security (issue 14): a checkpoint's own code runs only when declared and
+"""Security: a checkpoint's own code runs only when declared and
 recorded; DeepSpeed config keys that write files stay in the stage's output."""
 
 from __future__ import annotations
