@@ -33,6 +33,15 @@ Sizes = Callable[[Any, Mapping[str, Mapping[str, int]]], Mapping[str, int]]
 ARTIFACT_KINDS = ("world", "dataset", "model", "adapter", "metrics", "tokenizer")
 
 
+def DataPath(description: str, default: Any = ..., **kw: Any) -> Any:
+    """A params field naming local data files or folders (a path or a list)
+    whose *content* makes the stage's result: each becomes a DVC dependency of
+    the stage and its content digest part of carp's cache key. The CLI checks
+    a single path exists before anything runs."""
+    extra = {"carp_path": "any", "carp_data": True}
+    return Field(default, description=description, json_schema_extra=extra, **kw)
+
+
 def Input(kind: str, description: str, default: Any = ..., **kw: Any) -> Any:
     """A params field naming upstream stage(s) whose output must provide ``kind``."""
     if kind not in ARTIFACT_KINDS:
@@ -75,6 +84,20 @@ class StageParams(BaseModel):
                     break
         if changed:
             cls.model_rebuild(force=True)
+
+    def data_paths(self) -> list[str]:
+        """The local data paths this node reads (fields made by
+        :func:`DataPath`), in field order."""
+        out: list[str] = []
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if not (isinstance(extra, dict) and extra.get("carp_data")):
+                continue
+            value = getattr(self, name)
+            for path in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(path, str) and path not in out:
+                    out.append(path)
+        return out
 
     @classmethod
     def input_fields(cls) -> dict[str, str]:

@@ -71,8 +71,10 @@ def _artifact_deps(node: Node, skip: set[str]) -> list[str]:
 
 
 def _code_deps(node: Node, root: Path) -> list[str]:
+    """The source files the node runs, then the local data it reads."""
     repo = Path(__file__).resolve().parent.parent
-    return [os.path.relpath(repo / f, root.resolve()) for f in node_code(node)]
+    code = [os.path.relpath(repo / f, root.resolve()) for f in node_code(node)]
+    return code + [p for p in node.params.data_paths() if p not in code]
 
 
 def _foreach(

@@ -262,15 +262,52 @@ def node_code_version(node: Node) -> str:
     return code_version(node_code(node), REPO)
 
 
-def cache_key(node: Node, input_fps: dict[str, str | list[str]]) -> str:
-    """Same key under DVC and Prefect: params + input content + code version."""
-    payload = {
+def cache_key(
+    node: Node,
+    input_fps: dict[str, str | list[str]],
+    data_fps: dict[str, str] | None = None,
+) -> str:
+    """Same key under DVC and Prefect: params + input content + code version,
+    and the content of the local data files the node reads (``data_fps``)."""
+    payload: dict[str, Any] = {
         "kind": node.kind,
         "params": node.params.model_dump(mode="json"),
         "inputs": input_fps,
         "code": node_code_version(node),
     }
+    if data_fps:
+        payload["data"] = data_fps
     return sha256(canonical(payload))[:16]
+
+
+def data_digest(path: Path) -> str:
+    """Content digest of a data file or folder (every file under it, by
+    relative path and bytes; hidden files and folders left out): not of its
+    path or mtimes, so an edit shows even with the mtime put back."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(path.rglob("*"))
+    for f in files:
+        rel = f.relative_to(path) if f != path else Path(f.name)
+        if not f.is_file() or any(p.startswith(".") for p in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def data_fingerprints(node: Node, root: Path) -> dict[str, str]:
+    """``data_digest`` of each local data path the node reads ("missing" for
+    one that is not there: the stage itself says so when it runs)."""
+    out = {}
+    for rel in node.params.data_paths():
+        path = (root / Path(rel).expanduser()).resolve()
+        out[rel] = data_digest(path) if path.exists() else "missing"
+    return out
 
 
 __all__ = ["Graph", "Issue", "Node", "build", "cache_key", "folder_fingerprint"]

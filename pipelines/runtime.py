@@ -25,7 +25,14 @@ import yaml
 
 from pipelines import __version__
 from pipelines.contract import Kind, RunContext, StageResult
-from pipelines.graph import Graph, Node, cache_key, declaration_hash, folder_fingerprint
+from pipelines.graph import (
+    Graph,
+    Node,
+    cache_key,
+    data_fingerprints,
+    declaration_hash,
+    folder_fingerprint,
+)
 from pipelines.kinds import load_kind
 from pipelines.lineage import NULL_RUN
 
@@ -231,7 +238,7 @@ def prepare(graph: Graph, name: str, layout: Layout) -> Prepared:
         load_kind(node.kind),
         inputs,
         in_fps,
-        cache_key(node, in_fps),
+        cache_key(node, in_fps, data_fingerprints(node, layout.root)),
         declaration_hash(graph.decl),
         graph.decl.header.pipeline,
     )

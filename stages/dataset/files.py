@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipelines.contract import RunContext, StageResult
+from pipelines.contract import DataPath, RunContext, StageResult
 from stages.common.io import CorruptDataError
 from stages.dataset.records import ImportParams, Source, import_records, result
 
@@ -48,14 +48,12 @@ UNITS = {"file": "document", "line": "line", "paragraph": "paragraph"}
 
 class Params(ImportParams):
     method: Literal["files"] = "files"
-    path: str | list[str] = Field(
-        ...,
+    # a file or a folder: the CLI checks that a single path exists (a list is
+    # checked when the stage runs); DVC tracks each, the cache key its content
+    path: str | list[str] = DataPath(
+        "A file, a list of files, a folder of files, or a folder written by "
+        "Dataset.save_to_disk.",
         min_length=1,
-        description="A file, a list of files, a folder of files, or a folder "
-        "written by Dataset.save_to_disk.",
-        # a file or a folder: the CLI checks that a single path exists (a list
-        # is checked when the stage runs)
-        json_schema_extra={"carp_path": "any"},
     )
     format: Literal["auto", "json", "jsonl", "csv", "parquet", "txt", "arrow"] = Field(
         "auto", description="File format; auto: from each file's extension."

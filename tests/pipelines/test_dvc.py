@@ -148,3 +148,40 @@ def test_top_level_seed_changes_the_cache_key_of_inheriting_nodes(toy_kinds):
 
     a, b = keys(0), keys(1)
     assert a["src"] != b["src"] and a["own"] == b["own"]
+
+
+def test_local_data_files_are_deps_and_their_content_is_in_the_cache_key(tmp_path):
+    """A dataset read from local files depends on them under DVC, and carp's
+    cache key follows their content, not their mtime."""
+    import os
+
+    from pipelines.graph import cache_key, data_fingerprints
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"instruction": "x", "output": "y"}\n')
+    decl = {
+        "pipeline": "t",
+        "stages": {
+            "mine": {"kind": "dataset", "method": "files", "path": "data/a.jsonl"},
+            "w": {"kind": "world"},
+        },
+    }
+    graph = build(validate(decl))
+    doc = dvc.compile_graph(graph, "params.yaml", tmp_path)
+    assert "data/a.jsonl" in doc["stages"]["mine"]["deps"]
+    assert not any("data/" in d for d in doc["stages"]["w"]["deps"])
+
+    node = graph.nodes["mine"]
+
+    def key():
+        return cache_key(node, {}, data_fingerprints(node, tmp_path))
+
+    before = key()
+    f = data / "a.jsonl"
+    st = f.stat()
+    f.write_text('{"instruction": "x", "output": "z"}\n')  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert key() != before
+    f.write_text('{"instruction": "x", "output": "y"}\n')
+    assert key() == before  # content, not mtime
