@@ -12,10 +12,12 @@ format. A duplicate is a record equal in every field but the id.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import difflib
 import hashlib
 import json
+import operator
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -405,12 +407,12 @@ def general(row: dict[str, Any], shape: str, k: int) -> str:
 
 
 def all_text(col: list) -> bool:
-    """Every value a non-blank string (checked at C speed: map, in)."""
-    return (
-        set(map(type, col)) == {str}
-        and "" not in col
-        and not any(map(str.isspace, col))
-    )
+    """Every value a non-blank string (checked at C speed: in, map; isspace
+    refuses anything that is not a str)."""
+    try:
+        return "" not in col and not any(map(str.isspace, col))
+    except TypeError:
+        return False
 
 
 def opt_text(col: list | None) -> bool:
@@ -420,6 +422,8 @@ def opt_text(col: list | None) -> bool:
 def with_family(heads: list[str], fam: list | None) -> list[str]:
     if fam is None or not any(fam):
         return [h + "}" for h in heads]
+    if all_text(fam):
+        return list(map('{}, "family": {}}}'.format, heads, map(ENC, fam)))
     pairs = zip(heads, fam, strict=True)
     return [f'{h}, "family": {ENC(f)}}}' if f else h + "}" for h, f in pairs]
 
@@ -562,6 +566,31 @@ def digest(body: str) -> tuple[bytes, bytes, str]:
     return b, h, h.hex()
 
 
+DIGEST, HEAD = operator.methodcaller("digest"), operator.itemgetter(slice(0, 8))
+
+
+def fast_lines(bodies: list[Any], seen: set[bytes], params: ImportParams) -> Any:
+    """The batch's JSONL lines at C speed (map) when it has no blank, no
+    duplicate (within or before it) and no record over max_record_bytes;
+    None otherwise (the row-by-row loop then handles and names each case)."""
+    if None in bodies:
+        return None
+    try:
+        bs = list(map(str.encode, bodies))
+    except UnicodeEncodeError:
+        return None
+    keys = list(map(HEAD, map(DIGEST, map(hashlib.sha256, bs))))
+    fresh = set(keys)
+    if len(fresh) != len(keys) or not seen.isdisjoint(fresh):
+        return None
+    pairs = zip(map(binascii.hexlify, keys), bs, strict=True)
+    lines = [b'{"id": "' + h + b'", ' + b[1:] + b"\n" for h, b in pairs]
+    if lines and max(map(len, lines)) > params.max_record_bytes:
+        return None
+    seen.update(fresh)
+    return lines
+
+
 def write_records(
     segments: list[Segment],
     mapping: dict[str, str],
@@ -584,6 +613,10 @@ def write_records(
             k = 0
             try:
                 bodies = encode(cols, n, seg.source.text_units)
+                fast = None if ids is not None else fast_lines(bodies, seen, params)
+                if fast is not None:
+                    lines = fast
+                    bodies = []
                 for k, body in enumerate(bodies):
                     if body is None:
                         t.blank += 1
