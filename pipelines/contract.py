@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 # Kind.sizes: (params, upstream sizes by input field) -> named counts
 Sizes = Callable[[Any, Mapping[str, Mapping[str, int]]], Mapping[str, int]]
+# Kind.check_inputs: (params, expanded inputs) -> (field, message) pairs
+InputCheck = Callable[[Any, Mapping[str, Any]], Iterable[tuple[str, str]]]
 
 # Artifact kinds exchanged between stages (see DESIGN.md, "Artifacts").
 ARTIFACT_KINDS = ("world", "dataset", "model", "adapter", "metrics", "tokenizer")
@@ -318,11 +320,10 @@ class Kind:
     code: Callable[[Any], Iterable[str]] | None = None
     catalogs: tuple[Registry, ...] = ()
     notes: tuple[str, ...] = ()
-    sizes: (
-        Callable[[Any, Mapping[str, Mapping[str, int]]], Mapping[str, int]] | None
-    ) = None
+    sizes: Sizes | None = None
     budgets: Mapping[str, str] = field(default_factory=dict)
     trusts_code: Callable[[Any], bool] | None = None
+    check_inputs: InputCheck | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.provides) - set(ARTIFACT_KINDS)

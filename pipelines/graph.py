@@ -170,6 +170,7 @@ def build(decl: Declaration) -> Graph:
         by_stage[sname] = nodes
         for node in nodes:
             graph.nodes[node.name] = node
+    _check_node_inputs(graph, decl.source)
     too_long = [n for n in graph.nodes.values() if len(n.name) > MAX_NODE_NAME]
     if too_long:
         raise DeclarationError(
@@ -185,6 +186,21 @@ def build(decl: Declaration) -> Graph:
             ],
         )
     return graph
+
+
+def _check_node_inputs(graph: Graph, source: str) -> None:
+    """What each kind says about its expanded inputs (``Kind.check_inputs``)."""
+    from pipelines.kinds import load_kind
+
+    issues: list[Issue] = []
+    for node in graph.nodes.values():
+        check = load_kind(node.kind).check_inputs
+        for where, msg in check(node.params, node.inputs) if check else ():
+            issue = Issue(f"stages.{node.stage}.{where}", f"{node.name}: {msg}")
+            if str(issue) not in {str(i) for i in issues}:
+                issues.append(issue)
+    if issues:
+        raise DeclarationError(source, issues)
 
 
 def canonical(obj: Any) -> str:

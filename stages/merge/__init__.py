@@ -205,6 +205,32 @@ METHODS = Registry(
     base=Params,
     entry="merge_tensor",
 )
+
+
+def check_inputs(params: Any, inputs: Any) -> list[tuple[str, str]]:
+    """A merge needs two or more models once sweeps have expanded (one model
+    merged with itself is that model: nothing to merge), slerp exactly two."""
+    models = list(inputs.get("models") or [])
+    if len(models) < 2:
+        named = ", ".join(models) or "none"
+        return [
+            (
+                "models",
+                f"a merge needs two or more models, got {len(models)} ({named}); "
+                "list another model stage, or a swept stage (all its variants)",
+            )
+        ]
+    if params.method == "slerp" and len(models) != 2:
+        return [
+            (
+                "models",
+                f"slerp merges exactly two models, got {len(models)} "
+                f"({', '.join(models)})",
+            )
+        ]
+    return []
+
+
 KIND = Kind(
     name="merge",
     params=Params,
@@ -213,4 +239,5 @@ KIND = Kind(
     provides=frozenset({"model"}),
     default_method=None,
     plots=False,
+    check_inputs=check_inputs,
 )

@@ -48,16 +48,10 @@ def _sources(
     params: Any, inputs: dict[str, Any], stage: str
 ) -> tuple[list[ModelSource], ModelSource | None]:
     dirs = [Path(p) for p in inputs["models"]]
-    if len(dirs) < 2:
-        raise MergeError(
-            f"stage '{stage}': a merge needs two or more models; got {len(dirs)} "
-            f"({', '.join(d.name for d in dirs)})"
-        )
-    if params.method == "slerp" and len(dirs) != 2:
-        raise MergeError(
-            f"stage '{stage}': slerp merges exactly two models; got {len(dirs)} "
-            f"({', '.join(d.name for d in dirs)})"
-        )
+    from stages.merge import check_inputs
+
+    for _, msg in check_inputs(params, {"models": [d.name for d in dirs]}):
+        raise MergeError(f"stage '{stage}': {msg}")
     base = inputs.get("base")
     try:
         models = [ModelSource(d, d.name) for d in dirs]

@@ -107,3 +107,22 @@ def test_inputs_must_be_models():
 def test_bad_resparsify_pattern():
     got = _issues(method="linear", models=["a", "b"], resparsify={"pattern": "4:2"})
     assert any(i.startswith("stages.merge.resparsify.pattern") for i in got)
+
+
+def test_a_merge_of_one_model_is_refused_before_anything_runs():
+    """One model merged is that model: refused when the graph is built, also
+    when the one model is the single variant of a swept stage."""
+    from pipelines.graph import build
+
+    with pytest.raises(DeclarationError) as err:
+        build(validate(_decl(method="linear", models=["a"])))
+    (issue,) = [str(i) for i in err.value.issues]
+    assert issue.startswith("stages.merge.models: merge: a merge needs two or more")
+    assert "got 1 (a)" in issue
+    swept = _decl(method="linear", models=["a"])
+    swept["stages"]["a"]["seeds"] = [0]
+    with pytest.raises(DeclarationError, match=r"got 1 \(a@s0\)"):
+        build(validate(swept))
+    swept["stages"]["a"]["seeds"] = [0, 1]  # two variants: a real merge
+    graph = build(validate(swept))
+    assert graph.nodes["merge"].inputs["models"] == ["a@s0", "a@s1"]
