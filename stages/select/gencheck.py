@@ -1,4 +1,4 @@
-"""A cheap generation check of pruning damage (issue 12): greedy answers of the
+"""A cheap generation check of pruning damage: greedy answers of the
 original and the pruned model on a seeded sample of each cluster, scored by
 exact match against the records' reference answers. A cluster's generation
 damage is the share of its sample the original answers right and the pruned
@@ -73,7 +73,7 @@ def generation_hits(
     greedy answers to ``pool[idx]``, and how many records were generated now
     (the rest come from the cache ``gen-<original>-<pruned>``)."""
     from stages.common.io import load_tokenizer
-    from stages.common.templates import as_instruction
+    from stages.common.templates import DEFAULT_TEMPLATE, as_instruction
     from stages.evaluate.exact_match import answer_budget
     from stages.evaluate.generation import greedy_generate
     from stages.evaluate.scoring import exact_match
@@ -89,9 +89,10 @@ def generation_hits(
         tok = load_tokenizer(mp)
         todo = [recs[i] for i in missing]
         budget = answer_budget(tok, todo, params.template)
-        # named only when set: greedy_generate's callers may stand in a
-        # narrower function (tests fake generation)
-        tmpl = {"template": params.template} if params.template else {}
+        # named only when not carp: a caller may stand in a narrower
+        # greedy_generate (tests fake generation)
+        carp = params.template in (None, DEFAULT_TEMPLATE)
+        tmpl = {} if carp else {"template": params.template}
         cols = []
         for path in (mo, mp):
             model = load_lm(path, device, params.dtype)

@@ -382,3 +382,35 @@ def test_the_call_sites_follow_the_template() -> None:
     carp_items = world_items({"add": recs}, 2, seed=0)
     assert "record" not in carp_items[0]
     assert carp_items[0]["question"] == "Q: add 2 3\nA:"
+
+
+def test_recover_and_unlearn_train_on_the_template_encoding(tmp_path: Any) -> None:
+    from pipelines.contract import RunContext
+    from stages.common.io import write_dataset
+    from stages.common.train.launch import make_job
+    from stages.recover import METHODS as RECOVER
+    from stages.recover.task import build as build_recover
+    from stages.unlearn import METHODS as UNLEARN
+    from stages.unlearn.task import build as build_unlearn
+    from tests.tiny import char_tokenizer, records, tiny_llama, write_checkpoint
+
+    tok = char_tokenizer()
+    model = write_checkpoint(tiny_llama(tok, hidden=16, heads=2), tok, tmp_path / "m")
+    recs = [{**r, "id": f"r{i}"} for i, r in enumerate(records(4))]
+    data = tmp_path / "data"
+    write_dataset(recs, data, source="test")
+    ctx = RunContext(seed=0)
+    want = [encode_example(tok, r, 64, "alpaca", True) for r in recs]
+    assert want != [encode_example(tok, r, 64) for r in recs]
+
+    p = RECOVER.load("full").Params(
+        model="m", data="d", max_len=64, template="alpaca", train_on_inputs=True
+    )
+    job = make_job("", "recover", p, {"model": model, "data": data}, tmp_path, ctx)
+    assert build_recover(job, "cpu").examples == want
+
+    p = UNLEARN.load("ga").Params(
+        model="m", forget="f", max_len=64, template="alpaca", train_on_inputs=True
+    )
+    job = make_job("", "unlearn", p, {"model": model, "forget": data}, tmp_path, ctx)
+    assert [f for _, f, _ in build_unlearn(job, "cpu").examples] == want
