@@ -83,7 +83,7 @@ def suite_modules(params: Any) -> list[str]:
 
 METHODS = Registry(
     "evaluate method",
-    {"world": "stages.evaluate.world"},
+    {"world": "stages.evaluate.world", "datasets": "stages.evaluate.datasets"},
     base=Params,
     entry="evaluate",
 )

@@ -9,7 +9,10 @@ from the output folder and returns flat metrics: ``<model>/em/<family>_lo``/
 ``word_perplexity``, ``bits_per_byte`` (document bootstrap) and, for every pair
 of models ``a`` before ``b`` in the stage's list, ``<b>-vs-<a>/em/<family>``,
 ``<b>-vs-<a>/em/mean`` and the same ratio metrics with ``_lo``/``_hi`` (paired
-bootstrap on the records/documents both were scored on). ``choices/<model>.jsonl``
+bootstrap on the records/documents both were scored on); ``byte_perplexity``
+and ``ppl_paper`` (``windows/<model>.jsonl``: the paper protocol's windows)
+likewise, and ``rougeL`` (mean over ``predictions``, record bootstrap).
+``choices/<model>.jsonl``
 (multiple choice per item) gives ``mc/acc`` and ``mc/acc_norm``, and the
 predictions' ``seen`` flags ``em_seen`` / ``em_unseen``, a Wilson interval over
 the pooled records and a paired-bootstrap difference. Every 0/1 difference (per
@@ -40,7 +43,11 @@ RATIO_METRICS = {
     "ppl": ("documents", "tokens", "exp", "ppl_doc"),
     "word_perplexity": ("documents", "words", "exp", "word_perplexity"),
     "bits_per_byte": ("documents", "bytes", "bits", "bits_per_byte"),
+    "byte_perplexity": ("documents", "bytes", "exp", "byte_perplexity"),
+    "ppl_paper": ("windows", "tokens", "exp", "ppl_paper"),
 }
+# graded scores averaged over records: metric -> (per-model folder, field)
+MEAN_METRICS = {"rougeL": ("predictions", "rougeL")}
 # accuracies pooled over records: metric -> (per-model folder, field, the
 # records it pools: (field, value) or None for all)
 POOLED_METRICS = {
@@ -179,7 +186,13 @@ def compare(
     em = {m: _read(out_dir / "predictions" / f"{m}.jsonl", "em") for m in models}
     ratios = _ratio_runs(out_dir, models)
     pooled = _pooled_runs(out_dir, models)
+    means = _mean_runs(out_dir, models, results)
     for m in models:
+        for metric, runs in means.items():
+            if m in runs:
+                values = list(runs[m].values())
+                bounds = stratified_bootstrap([values], rng_seed(seed, m, metric))
+                results[m][f"{metric}_lo"], results[m][f"{metric}_hi"] = bounds
         for metric, runs in pooled.items():
             if m in runs:
                 hits = runs[m].values()
@@ -211,6 +224,34 @@ def compare(
                 v, lo, hi, p = pooled_difference(runs[a], runs[b], seq)
                 d[metric], d[f"{metric}_lo"], d[f"{metric}_hi"] = v, lo, hi
                 d[f"{metric}_p"] = p
+        for metric, runs in means.items():
+            if a in runs and b in runs:
+                keys = sorted(set(runs[a]) & set(runs[b]))
+                delta = [runs[b][k] - runs[a][k] for k in keys]
+                if delta:
+                    d[metric] = sum(delta) / len(delta)
+                    seq = rng_seed(seed, name, metric)
+                    d[f"{metric}_lo"], d[f"{metric}_hi"] = stratified_bootstrap(
+                        [delta], seq
+                    )
         if d:
             diffs[name] = d
     return diffs
+
+
+def _mean_runs(
+    out_dir: Path, models: list[str], results: dict[str, dict[str, float]]
+) -> dict[str, dict]:
+    """metric -> model -> {(family, id): value} for the graded means a model's
+    results hold."""
+    out: dict[str, dict] = {}
+    for metric, (folder, field) in MEAN_METRICS.items():
+        runs = {}
+        for m in models:
+            if metric not in results.get(m, {}):
+                continue
+            hits = _read(out_dir / folder / f"{m}.jsonl", field)
+            if hits:
+                runs[m] = {(f, i): v for f, rs in hits.items() for i, v in rs.items()}
+        out[metric] = runs
+    return out

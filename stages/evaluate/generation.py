@@ -36,30 +36,39 @@ def greedy_generate(
     batch_size: int = 32,
     progress: Any = None,
     template: str | None = None,
+    by_length: bool = False,
 ) -> list[str]:
     """Greedy completions (special tokens dropped) of each record's prompt
-    under ``template`` (None: carp)."""
+    under ``template`` (None: carp), on the model's device; ``by_length``:
+    batches of similar prompt length (longest first; results in order)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = [prompt_ids(tokenizer, r, template) for r in records]
+    order = list(range(len(records)))
+    if by_length:
+        order.sort(key=lambda i: -len(prompts[i]))
+    dev = next(model.parameters()).device
     batches = range(0, len(records), batch_size)
     if progress is not None:
         batches = progress(batches, "generate", total=len(batches))
-    out: list[str] = []
+    out = [""] * len(records)
     model.eval()
     for start in batches:
-        batch = records[start : start + batch_size]
-        rows = [prompt_ids(tokenizer, r, template) for r in batch]
-        ids, mask = left_pad(rows, pad)
+        idx = order[start : start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], pad)
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        new = gen[:, ids.shape[1] :]
-        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        new = gen[:, ids.shape[1] :].cpu()
+        for i, text in zip(
+            idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
+        ):
+            out[i] = text
     return out

@@ -1,9 +1,10 @@
 """lm-evaluation-harness as a backend: its tasks on a model artifact (optional
 extra ``pip install carp[lm-eval]``; EleutherAI's ``lm-eval`` package).
 
-The model and tokenizer carp loaded are wrapped in lm-eval's ``HFLM`` (CPU,
-``max_length`` = the stage's ``max_len``, ``add_bos_token=False``: bos is
-context, not scored) and run with ``simple_evaluate``.
+The model and tokenizer carp loaded are wrapped in lm-eval's ``HFLM`` (on
+the model's device, ``max_length`` = the stage's ``max_len``,
+``add_bos_token=False``: bos is context, not scored) and run with
+``simple_evaluate``.
 ``lm_eval_tasks`` names the tasks; ``lm_eval_include`` a local folder of task
 YAML files (with local JSON/JSONL data nothing is downloaded; on a machine with
 a hub the same suite runs standard tasks such as ``hellaswag``). Without
@@ -83,6 +84,66 @@ def flat_results(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def run_tasks(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    include: list[Path],
+    *,
+    batch_size: int,
+    max_length: int,
+    limit: int | float | None,
+    seed: int,
+    num_fewshot: int | None = None,
+) -> dict[str, Any] | None:
+    """lm-eval's ``simple_evaluate`` on carp's loaded model *and* tokenizer
+    (``HFLM`` on the model's own device); None on ranks other than 0."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError(
+            "lm-eval tasks need the lm-eval package; install the extra with "
+            "`pip install -e .[lm-eval]` (keeps torch as it is)"
+        ) from None
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=str(next(model.parameters()).device),
+        # bos is the rolling windows' context (prefix_token_id), never a
+        # scored token: lm-eval 0.4.13 otherwise keeps the tokenizer's own
+        # add-bos default and scores bos after bos
+        add_bos_token=False,
+    )
+    manager = TaskManager(include_path=[str(p) for p in include] or None)
+    return simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=manager,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        bootstrap_iters=0,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+
+
+def write_results(res: dict[str, Any], out_dir: Path | None, name: str) -> None:
+    """lm-eval's results, versions and n-shot as ``lm_eval/<name>.json``."""
+    if out_dir is None:
+        return
+    (out_dir / "lm_eval").mkdir(exist_ok=True)
+    keep = {k: res[k] for k in ("results", "versions", "n-shot") if k in res}
+    text = json.dumps(keep, indent=2, sort_keys=True, default=str)
+    (out_dir / "lm_eval" / f"{name}.json").write_text(text)
+
+
 def score(
     model: Any,
     tokenizer: Any,
@@ -94,50 +155,21 @@ def score(
 ) -> dict[str, float]:
     """Run the tasks with lm-eval; writes ``lm_eval/<name>.json`` when
     ``out_dir`` is set."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise ImportError(
-            "suites: 'lm_eval' needs the lm-eval package; install the extra with "
-            "`pip install -e .[lm-eval]` (keeps torch as it is)"
-        ) from None
     with tempfile.TemporaryDirectory(prefix="carp-lm-eval-") as tmp:
         include = [world_task(world_dir, Path(tmp))] if not params.lm_eval_tasks else []
         if params.lm_eval_include:
             include.append(Path(params.lm_eval_include))
-        tasks = list(params.lm_eval_tasks) or [WORLD_TASK]
-        lm = HFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
+        res = run_tasks(
+            model,
+            tokenizer,
+            list(params.lm_eval_tasks) or [WORLD_TASK],
+            include,
             batch_size=params.batch_size,
             max_length=params.max_len,
-            device="cpu",
-            # bos is the rolling windows' context (prefix_token_id), never a
-            # scored token: lm-eval 0.4.13 otherwise keeps the tokenizer's own
-            # add-bos default and scores bos after bos
-            add_bos_token=False,
-        )
-        manager = TaskManager(include_path=[str(p) for p in include] or None)
-        res = simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            task_manager=manager,
             limit=params.max_samples_per_family,
-            bootstrap_iters=0,
-            log_samples=False,
-            random_seed=ctx.seed,
-            numpy_random_seed=ctx.seed,
-            torch_random_seed=ctx.seed,
-            fewshot_random_seed=ctx.seed,
+            seed=ctx.seed,
         )
     if res is None:  # only rank 0 returns results
         return {}
-    flat = flat_results(res)
-    if out_dir is not None:
-        (out_dir / "lm_eval").mkdir(exist_ok=True)
-        keep = {k: res[k] for k in ("results", "versions", "n-shot") if k in res}
-        text = json.dumps(keep, indent=2, sort_keys=True, default=str)
-        (out_dir / "lm_eval" / f"{name}.json").write_text(text)
-    return flat
+    write_results(res, out_dir, name)
+    return flat_results(res)

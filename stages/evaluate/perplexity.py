@@ -51,18 +51,26 @@ def windows_nll(
     batch_size: int,
     progress: Any = None,
     desc: str = "perplexity",
+    by_length: bool = False,
 ) -> list[float]:
     """Summed NLL of each ``(context, continuation)`` window's continuation,
-    batched on right-padded inputs ``(context + continuation)[:-1]``."""
+    batched on right-padded inputs ``(context + continuation)[:-1]`` on the
+    model's device; ``by_length``: batches of similar length (longest first,
+    results in the windows' order), little padding on a GPU."""
     import torch
 
-    starts = range(0, len(windows), batch_size)
+    order = list(range(len(windows)))
+    if by_length:
+        order.sort(key=lambda i: -len(windows[i][0]) - len(windows[i][1]))
+    dev = model_device(model)
+    starts = range(0, len(order), batch_size)
     if progress is not None:
         starts = progress(starts, desc, total=len(starts))
-    out: list[float] = []
+    out = [0.0] * len(windows)
     model.eval()
     for s in starts:
-        chunk = windows[s : s + batch_size]
+        idx = order[s : s + batch_size]
+        chunk = [windows[i] for i in idx]
         rows = [(ctx + cont)[:-1] for ctx, cont in chunk]
         lengths = [len(r) for r in rows]
         ids = torch.full((len(rows), max(lengths)), pad, dtype=torch.long)
@@ -70,9 +78,18 @@ def windows_nll(
             ids[i, : len(row)] = torch.tensor(row)
         real = torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=real.long()).logits
-        out += continuation_nll(logits, [c for _, c in chunk], lengths).tolist()
+            logits = model(
+                input_ids=ids.to(dev), attention_mask=real.long().to(dev)
+            ).logits
+        nll = continuation_nll(logits, [c for _, c in chunk], lengths).tolist()
+        for i, v in zip(idx, nll, strict=True):
+            out[i] = v
     return out
+
+
+def model_device(model: Any) -> Any:
+    """The device of a model's first parameter (where its inputs go)."""
+    return next(model.parameters()).device
 
 
 def rolling_nll(
@@ -122,16 +139,21 @@ def answer_nll(
     model.eval()
     for s in starts:
         b = collate(examples[s : s + batch_size], pad)
+        dev = model_device(model)
         with torch.no_grad():
             logits = model(
-                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+                input_ids=b["input_ids"].to(dev),
+                attention_mask=b["attention_mask"].to(dev),
             ).logits
         logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)  # (B, T-1, V)
-        labels = b["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+        labels = b["labels"][:, 1:].to(dev)  # (B, T-1): t predicts token t+1
         keep = labels != IGNORE_INDEX
         tok_lp = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         nll = -(tok_lp * keep).sum(-1)  # (B,)
-        out += [(float(v), int(n)) for v, n in zip(nll, keep.sum(-1), strict=True)]
+        out += [
+            (float(v), int(n))
+            for v, n in zip(nll.cpu(), keep.sum(-1).cpu(), strict=True)
+        ]
     return out
 
 

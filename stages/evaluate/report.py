@@ -33,8 +33,14 @@ MC_ROWS = [("MC acc", "mc/acc", ".3f"), ("MC acc_norm", "mc/acc_norm", ".3f")]
 WHOLE_TEXT_ROWS = [
     ("**perplexity**", "ppl", ".3f"),
     ("word perplexity", "word_perplexity", ".4g"),
+    ("byte perplexity", "byte_perplexity", ".4f"),
     ("bits per byte", "bits_per_byte", ".4f"),
 ]
+# stages.evaluate.datasets: the paper protocol and generation quality
+PAPER_ROWS = [("**perplexity (paper protocol)**", "ppl_paper", ".3f")]
+ROUGE_ROWS = [("ROUGE-L", "rougeL", ".3f")]
+# the datasets method labels whole-text rows by protocol
+LM_EVAL_PROTOCOL = " (lm-eval protocol)"
 
 ALPHA = 0.05  # McNemar: n.s. at p >= ALPHA (the intervals are 95%)
 
@@ -91,11 +97,17 @@ def _rows(results: Results) -> list[tuple[str, str, str]]:
             rows.append((label, key, fmt))
     if any("ppl_answer" in r for r in results.values()):
         rows.append(("**answer perplexity**", "ppl_answer", ".3f"))
-    for label, key, fmt in [*MC_ROWS, *WHOLE_TEXT_ROWS]:
+    paper = any("ppl_paper" in r for r in results.values())
+    for label, key, fmt in [*ROUGE_ROWS, *MC_ROWS, *PAPER_ROWS]:
         if any(key in r for r in results.values()):
             rows.append((label, key, fmt))
+    for label, key, fmt in WHOLE_TEXT_ROWS:
+        if any(key in r for r in results.values()):
+            rows.append((label + (LM_EVAL_PROTOCOL if paper else ""), key, fmt))
     unlearn = {k for r in results.values() for k in r if k in UNLEARN_ROWS}
     rows += [(k, k, ".3f") for k in sorted(unlearn, key=UNLEARN_ROWS.index)]
+    tasks = {k for r in results.values() for k in r if k.startswith("lm_eval/")}
+    rows += [(k, k, ".4g") for k in sorted(tasks) if not k.endswith(BOUNDS)]
     return rows
 
 
@@ -156,7 +168,14 @@ def markdown_table(
         "Intervals: 95%; Wilson per family, family-stratified bootstrap for the "
         "mean EM, record bootstrap for answer perplexity, document bootstrap for "
         "the whole-text rows (word perplexity and bits per byte as lm-eval "
-        "defines them).",
+        "defines them)"
+        + (
+            "; the paper protocol (Wanda/SparseGPT eval_ppl: joined text, "
+            "non-overlapping windows) by window bootstrap"
+            if any("ppl_paper" in r for r in results.values())
+            else ""
+        )
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 

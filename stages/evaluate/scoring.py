@@ -60,12 +60,12 @@ def continuation_nll(logits: Any, targets: list[list[int]], lengths: list[int]) 
     """
     import torch
 
-    logp = torch.log_softmax(logits.double(), dim=-1)  # (B, T, V)
     out = torch.zeros(len(lengths), dtype=torch.float64)
     for b, (tgt, length) in enumerate(zip(targets, lengths, strict=True)):
-        preds = logp[b, length - len(tgt) : length]  # (n, V)
-        idx = torch.tensor(tgt, dtype=torch.long)[:, None]  # (n, 1)
-        out[b] = -preds.gather(-1, idx).sum()
+        # one row's scored positions at a time: (n, V) in float64, not (B, T, V)
+        preds = torch.log_softmax(logits[b, length - len(tgt) : length].double(), -1)
+        idx = torch.tensor(tgt, dtype=torch.long, device=preds.device)[:, None]
+        out[b] = -preds.gather(-1, idx).sum().cpu()
     return out
 
 
@@ -89,3 +89,40 @@ def count_bytes(text: str) -> int:
 def bits_per_byte(total_nll: float, n_bytes: int) -> float:
     """Summed NLL in bits per UTF-8 byte (lm-eval ``bits_per_byte``)."""
     return total_nll / n_bytes / math.log(2) if n_bytes else float("nan")
+
+
+def paper_windows(ids: list[int], seqlen: int) -> list[list[int]]:
+    """Wanda/SparseGPT ``eval_ppl``'s windows: ``len(ids) // seqlen``
+    non-overlapping windows of ``seqlen`` tokens of the once-tokenized text,
+    the tail dropped, no per-window bos."""
+    if seqlen < 2:
+        raise ValueError("seqlen must be at least 2")
+    return [ids[i * seqlen : (i + 1) * seqlen] for i in range(len(ids) // seqlen)]
+
+
+def truncate_at(text: str, until: list[str] | tuple[str, ...]) -> str:
+    """``text`` up to the first of the stop strings (lm-eval's ``until``)."""
+    cut = min((i for s in until if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# exact-match normalisation steps, applied in the declared order to both the
+# prediction and the reference (``lower``, ``punctuation``, ``articles`` and
+# ``whitespace`` are SQuAD's normalize_answer, step by step)
+NORMALIZERS = {
+    "strip": str.strip,
+    "first_line": lambda t: t.strip().split("\n", 1)[0],
+    "lower": str.lower,
+    "punctuation": lambda t: _PUNCT.sub("", t),
+    "articles": lambda t: _ARTICLES.sub(" ", t),
+    "whitespace": lambda t: " ".join(t.split()),
+}
+
+
+def normalize(text: str, steps: list[str] | tuple[str, ...]) -> str:
+    """``text`` through the named ``NORMALIZERS`` steps, in order."""
+    for s in steps:
+        text = NORMALIZERS[s](text)
+    return text

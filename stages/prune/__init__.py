@@ -91,6 +91,19 @@ class Params(StageParams):
         "else cpu); the model itself stays in CPU memory.",
     )
 
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        from stages.common.device import check_device
+
+        return check_device(v)
+
+    def local_issues(self, base: Any) -> list[tuple[str, str]]:
+        """A CUDA device this machine lacks, refused before anything runs."""
+        from stages.common.device import device_issues
+
+        return device_issues(self.device)
+
     @field_validator("template")
     @classmethod
     def _check_template(cls, v: str | None) -> str | None:

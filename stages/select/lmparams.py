@@ -4,9 +4,9 @@ device and dtype."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.contract import Input
 from stages.select import BudgetParams
@@ -32,3 +32,16 @@ class LMParams(BudgetParams):
         description="Model weights dtype for scoring (divergences and losses "
         "are always computed in float32).",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        from stages.common.device import check_device
+
+        return check_device(v)
+
+    def local_issues(self, base: Any) -> list[tuple[str, str]]:
+        """A CUDA device this machine lacks, refused before anything runs."""
+        from stages.common.device import device_issues
+
+        return device_issues(self.device)
