@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.contract import Input, RunContext, StageResult
+from pipelines.contract import DataPath, Input, RunContext, StageResult
 from stages.common.device import (
     DEVICE_DESCRIPTION,
     DTYPE_DESCRIPTION,
@@ -106,11 +106,10 @@ class Params(KindParams):
     lm_eval_tasks: tuple[str, ...] = Field(
         (), description="lm-evaluation-harness task names (optional extra lm-eval)."
     )
-    lm_eval_include: str | None = Field(
-        None,
-        description="A local folder of lm-eval task YAML files (its content is "
-        "part of the per-model cache key).",
-        json_schema_extra={"carp_path": "dir"},
+    lm_eval_include: str | None = DataPath(
+        "A local folder of lm-eval task YAML files and their local data (a DVC "
+        "dependency; its content is part of the cache key).",
+        default=None,
     )
     num_fewshot: int | None = Field(
         None, ge=0, description="lm-eval tasks: few-shot examples (task default)."

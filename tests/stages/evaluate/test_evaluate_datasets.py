@@ -352,3 +352,30 @@ def test_lm_eval_protocol_equals_lm_eval_in_one_stage(
         "lm_eval/carp_local_ppl/word_perplexity"
         in (tmp_path / "out/table.md").read_text()
     )
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks a machine without CUDA"
+)
+@pytest.mark.parametrize("cmd", ["validate", "run"])
+def test_carp_refuses_cuda_before_any_stage_runs(
+    cmd: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: Any
+) -> None:
+    from pipelines.cli import main
+
+    (tmp_path / "corpus.txt").write_text("one document\n\nanother one\n")
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "pipeline: t\nstages:\n  w: {kind: world}\n  b: {kind: pretrain, data: w}\n"
+        "  txt: {kind: dataset, method: files, path: corpus.txt}\n"
+        "  p: {kind: prune, model: b, device: 'cuda:0'}\n"
+        "  e: {kind: evaluate, method: datasets, models: [b, p], text: txt, "
+        "device: cuda}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main([cmd, str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "stages.e.device: 'cuda' asked for" in err, err
+    assert "stages.p.device: 'cuda:0' asked for" in err
+    assert "set device: auto" in err
+    assert not (tmp_path / "artifacts").exists()  # nothing ran
