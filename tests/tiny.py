@@ -271,3 +271,48 @@ def pruned_pair(
     write_checkpoint(model, tok, root / "sparse", magnitude_masks(model, sparsity))
     write_dataset(recs, root / "data", source="recover-test")
     return {"dense": root / "dense", "sparse": root / "sparse", "data": root / "data"}
+
+
+# model type -> the config class's name and its extra fields: the causal LMs in
+# the Llama layout that the architecture matrix runs through every stage
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {}),
+    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8}),  # ties embeddings by default
+    "phi3": ("Phi3Config", {}),  # fused qkv_proj and gate_up_proj
+}
+
+
+def tiny_causal_lm(arch: str, tok: Any = None, *, seed: int = 0, **dims: Any) -> Any:
+    """A random-init causal LM of model type ``arch`` (``ARCHITECTURES``, or
+    ``gpt2``), hidden 32, 2 blocks, 4 heads over 2 kv groups, eval mode."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    tok = tok if tok is not None else char_tokenizer()
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(
+            vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids
+        )
+    else:
+        name, extra = ARCHITECTURES[arch]
+        size = {
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+        }
+        cfg = getattr(transformers, name)(**{**size, **ids, **extra, **dims})
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg).eval()

@@ -214,7 +214,8 @@ def _column_loop(s: Shape, blocksize: int, gpu: bool) -> float:
 
 def _trainable(params: Any, s: Shape) -> float:
     if params.method == "lora":
-        mods = set(params.target_modules or [])
+        listed = params.target_modules
+        mods = set(listed) if isinstance(listed, list | tuple) else set()  # all
         names = [
             "q_proj",
             "k_proj",

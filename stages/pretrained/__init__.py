@@ -44,6 +44,26 @@ class Params(StageParams):
             raise ValueError("give the checkpoint folder, e.g. /models/llama-2-7b")
         return v
 
+    def local_issues(self, base: Path) -> list[tuple[str, str]]:
+        """The checkpoint's architecture is one carp's stages run (checked on
+        the meta device by the CLI before anything runs)."""
+        import json
+
+        from stages.common.arch import config_problem
+
+        src = Path(base) / Path(self.path).expanduser()
+        cfg_file = src / "config.json"
+        if not cfg_file.is_file():
+            return []  # reported when the stage runs, with the fix
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, ValueError):
+            return [("path", f"{cfg_file} is not valid JSON")]
+        if cfg.get("auto_map") and not self.trust_remote_code:
+            return []  # refused at run time: remote code needs declaring
+        why = config_problem(src, self.trust_remote_code)
+        return [("path", why)] if why else []
+
 
 def run(params: Params, inputs: dict, out_dir: Path, ctx: RunContext) -> StageResult:
     return KIND.method(params.method).bring(params, out_dir)

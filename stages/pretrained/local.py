@@ -37,6 +37,11 @@ def bring(params: _Base, out_dir: Path) -> StageResult:
             "carp does not run it unless this stage declares "
             "`trust_remote_code: true` (recorded in its manifest and MLflow run)"
         )
+    from stages.common.arch import config_problem
+
+    why = config_problem(src, params.trust_remote_code)
+    if why:
+        raise ValueError(f"path: {src}: {why}")
     # the checkpoint's own code (*.py) comes along only when it is trusted
     suffixes = WEIGHT_SUFFIXES + ((".py",) if params.trust_remote_code else ())
     n = 0

@@ -97,6 +97,9 @@ def execute(
     method = METHODS.load(params.method)
     model_dir = Path(inputs["model"])
     model = io.load_model(model_dir, dtype=getattr(torch, params.dtype))
+    from stages.common.arch import check_model
+
+    check_model(model)  # a named refusal, not a failure deep in a method
     model.eval()
     calib_dir = Path(inputs["calib"]) if inputs.get("calib") else None
     tok = _tokenizer(model_dir, calib_dir)

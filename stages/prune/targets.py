@@ -22,14 +22,10 @@ class Pruned:
 
 def decoder_layers(model: Any) -> Any:
     """The ``nn.ModuleList`` of decoder blocks of an HF causal LM."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise ValueError(
-            f"{type(model).__name__}: cannot find its decoder blocks "
-            "(expected model.get_decoder().layers, as in Llama/Mistral/Qwen)"
-        )
-    return layers
+    from stages.common.arch import check_model
+
+    check_model(model)
+    return model.get_decoder().layers
 
 
 def matches(name: str, include: list[str], exclude: list[str]) -> bool:

@@ -162,6 +162,7 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
     n_kv, n_heads = cfg.num_key_value_heads, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     inter = cfg.intermediate_size
+    q_n, kv_n = n_heads * hd, n_kv * hd  # rows of q and of k (or v)
     keep_kv, keep_ch = plan_width(
         cfg.hidden_size,
         n_heads,
@@ -186,13 +187,19 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
             return element_scores(lin.weight.data, lin.weight.grad, params.importance)
 
         with torch.no_grad():
+            if hasattr(att, "qkv_proj"):  # fused (Phi-3): rows q | k | v
+                qkv = sc(att.qkv_proj)
+                q, k, v = qkv[:q_n], qkv[q_n : q_n + kv_n], qkv[q_n + kv_n :]
+            else:
+                q, k, v = sc(att.q_proj), sc(att.k_proj), sc(att.v_proj)
+            if hasattr(mlp, "gate_up_proj"):  # fused (Phi-3): rows gate | up
+                gate_up = sc(mlp.gate_up_proj)
+                gate, up = gate_up[:inter], gate_up[inter:]
+            else:
+                gate, up = sc(mlp.gate_proj), sc(mlp.up_proj)
             imps[i] = (
-                attention_group_importance(
-                    sc(att.q_proj), sc(att.k_proj), sc(att.v_proj), sc(att.o_proj), n_kv
-                ).cpu(),
-                mlp_channel_importance(
-                    sc(mlp.gate_proj), sc(mlp.up_proj), sc(mlp.down_proj)
-                ).cpu(),
+                attention_group_importance(q, k, v, sc(att.o_proj), n_kv).cpu(),
+                mlp_channel_importance(gate, up, sc(mlp.down_proj)).cpu(),
             )
 
     if params.importance == "taylor":
@@ -209,13 +216,22 @@ def apply(model: Any, params: Params, calib: Any, ctx: Any) -> Pruned:
         kv = keep_top(a_imp, keep_kv)
         q_rows = unit_rows(kv, hd * n_heads // n_kv)
         kv_rows = unit_rows(kv, hd)
-        att.q_proj = _slice(att.q_proj, q_rows, 0)
-        att.k_proj = _slice(att.k_proj, kv_rows, 0)
-        att.v_proj = _slice(att.v_proj, kv_rows, 0)
+        if hasattr(att, "qkv_proj"):
+            rows = torch.cat([q_rows, q_n + kv_rows, q_n + kv_n + kv_rows])
+            att.qkv_proj = _slice(att.qkv_proj, rows, 0)
+        else:
+            att.q_proj = _slice(att.q_proj, q_rows, 0)
+            att.k_proj = _slice(att.k_proj, kv_rows, 0)
+            att.v_proj = _slice(att.v_proj, kv_rows, 0)
         att.o_proj = _slice(att.o_proj, q_rows, 1)
+        if hasattr(att, "num_key_value_heads"):  # Phi-3 slices qkv by it
+            att.num_key_value_heads = keep_kv
         ch = keep_top(ch_imp, keep_ch)
-        mlp.gate_proj = _slice(mlp.gate_proj, ch, 0)
-        mlp.up_proj = _slice(mlp.up_proj, ch, 0)
+        if hasattr(mlp, "gate_up_proj"):
+            mlp.gate_up_proj = _slice(mlp.gate_up_proj, torch.cat([ch, inter + ch]), 0)
+        else:
+            mlp.gate_proj = _slice(mlp.gate_proj, ch, 0)
+            mlp.up_proj = _slice(mlp.up_proj, ch, 0)
         mlp.down_proj = _slice(mlp.down_proj, ch, 1)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = keep_ch

@@ -17,6 +17,7 @@ from pydantic import Field
 from stages.recover import Params as RecoverParams
 
 PEFT_PREFIX = "base_model.model."
+ALL_LINEAR = "all-linear"  # peft: every linear of the decoder blocks, not lm_head
 
 
 class Params(RecoverParams):
@@ -29,17 +30,11 @@ class Params(RecoverParams):
     dropout: float = Field(
         0.05, ge=0, lt=1, description="Dropout on the LoRA input path."
     )
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        description="Module names (suffixes) that get adapters.",
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        ALL_LINEAR,
+        description="Module names (suffixes) that get adapters, or `all-linear` "
+        "(peft's: every linear layer of the decoder blocks, fused ones such as "
+        "Phi-3's qkv_proj included; never lm_head).",
     )
     masked_forward: bool = Field(
         True,
@@ -88,7 +83,8 @@ def wrap(params: Params, model: Any, masks: dict[str, Any]) -> Any:
     from peft import LoraConfig, get_peft_model
 
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in params.target_modules if t not in present]
+    wanted = [] if params.target_modules == ALL_LINEAR else params.target_modules
+    missing = [t for t in wanted if t not in present]
     if missing:
         raise ValueError(
             f"target_modules: {missing} not in the model; it has "
@@ -98,7 +94,11 @@ def wrap(params: Params, model: Any, masks: dict[str, Any]) -> Any:
         r=params.rank,
         lora_alpha=params.alpha,
         lora_dropout=params.dropout,
-        target_modules=list(params.target_modules),
+        target_modules=(
+            ALL_LINEAR
+            if params.target_modules == ALL_LINEAR
+            else list(params.target_modules)
+        ),
         bias="none",
         task_type="CAUSAL_LM",
     )

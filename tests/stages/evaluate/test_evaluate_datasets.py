@@ -357,10 +357,12 @@ def test_lm_eval_protocol_equals_lm_eval_in_one_stage(
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="checks a machine without CUDA"
 )
-@pytest.mark.parametrize("cmd", ["validate", "run"])
 def test_carp_refuses_cuda_before_any_stage_runs(
-    cmd: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: Any
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: Any
 ) -> None:
+    import subprocess
+    import sys
+
     from pipelines.cli import main
 
     (tmp_path / "corpus.txt").write_text("one document\n\nanother one\n")
@@ -373,9 +375,13 @@ def test_carp_refuses_cuda_before_any_stage_runs(
         "device: cuda}\n"
     )
     monkeypatch.chdir(tmp_path)
-    assert main([cmd, str(f)]) == 2
+    assert main(["validate", str(f)]) == 2
     err = capsys.readouterr().err
     assert "stages.e.device: 'cuda' asked for" in err, err
     assert "stages.p.device: 'cuda:0' asked for" in err
     assert "set device: auto" in err
+    carp = Path(sys.executable).with_name("carp")
+    run = subprocess.run([carp, "run", str(f)], capture_output=True, text=True)
+    assert run.returncode == 2 and "stages.e.device: 'cuda'" in run.stderr
+    assert "Traceback" not in run.stderr
     assert not (tmp_path / "artifacts").exists()  # nothing ran
