@@ -109,3 +109,11 @@ def load_on(path: Any, device: str, dtype: str) -> Any:
     )
     model = load_model(path, dtype=pick_dtype(dtype, config, device))
     return model.to(device).eval()
+
+
+def model_device(model: Any) -> Any:
+    """Where a model's inputs go: its first parameter's device (cpu for a
+    stand-in without parameters)."""
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else "cpu"

@@ -15,7 +15,7 @@ interrupted evaluation resumes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -27,6 +27,7 @@ from pipelines.contract import (
     StageParams,
     StageResult,
 )
+from stages.common.device import DEVICE_DESCRIPTION, DTYPE_DESCRIPTION, check_device
 from stages.common.templates import TEMPLATE_DESCRIPTION, check_template
 
 DEFAULT_METHOD = "world"
@@ -55,6 +56,21 @@ class Params(StageParams):
     batch_size: int = Field(64, ge=1, le=4096, description="Prompts/windows per batch.")
 
     template: str | None = Field(None, description=TEMPLATE_DESCRIPTION)
+    device: str = Field("auto", description=DEVICE_DESCRIPTION)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description=DTYPE_DESCRIPTION
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+    def local_issues(self, base: Path) -> list[tuple[str, str]]:
+        """A CUDA device this machine lacks, refused before anything runs."""
+        from stages.common.device import device_issues
+
+        return device_issues(self.device)
 
     @field_validator("models")
     @classmethod

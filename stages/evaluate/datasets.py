@@ -17,13 +17,16 @@ with 95% intervals and paired differences between models on the same items.
   and the answer perplexity (``ppl_answer``: NLL of the reference response
   tokens given the prompt, the labels recovery trains on); EM per value of
   ``group_by`` (Wilson intervals; ``em/mean`` unweighted over groups).
+* ``choices_file`` (question / choices / answer items): ``mc/acc`` and
+  ``mc/acc_norm`` from the options' log-likelihoods, as lm-eval scores
+  ``multiple_choice`` tasks (Wilson intervals, paired differences).
 * ``lm_eval_tasks`` (with ``lm_eval_include``, a folder of local task YAMLs):
   lm-eval's own numbers, ``lm_eval/<task>/<metric>``.
 
 Models run on ``device`` in ``dtype``; batches are length-sorted. Per-model
 results are cached in the stage's checkpoint folder (an interrupted stage
 resumes). Writes ``table.md``, ``windows/``, ``documents/``, ``predictions/``,
-``answers/`` and ``lm_eval/`` per model.
+``answers/``, ``choices/`` and ``lm_eval/`` per model.
 """
 
 from __future__ import annotations
@@ -37,11 +40,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.contract import DataPath, Input, RunContext, StageResult
-from stages.common.device import (
-    DEVICE_DESCRIPTION,
-    DTYPE_DESCRIPTION,
-    check_device,
-)
 from stages.evaluate import Params as KindParams
 from stages.evaluate.scoring import NORMALIZERS
 
@@ -59,6 +57,12 @@ class Params(KindParams):
     instructions: str | None = Input(
         "dataset",
         "Upstream dataset of instruction or chat records: generation.",
+        default=None,
+    )
+    choices_file: str | None = DataPath(
+        "Multiple choice: a JSONL of question / choices / answer items (answer: "
+        "the gold option's index or text; optional id, family); acc and acc_norm "
+        "as lm-eval scores them (a DVC dependency).",
         default=None,
     )
     protocols: tuple[Literal["paper", "lm_eval"], ...] = Field(
@@ -114,26 +118,11 @@ class Params(KindParams):
     num_fewshot: int | None = Field(
         None, ge=0, description="lm-eval tasks: few-shot examples (task default)."
     )
-    device: str = Field("auto", description=DEVICE_DESCRIPTION)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description=DTYPE_DESCRIPTION
-    )
     compare: Literal["all", "first"] = Field(
         "all",
         description="Paired differences: every pair of models, or each against "
         "the first listed.",
     )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
-
-    def local_issues(self, base: Path) -> list[tuple[str, str]]:
-        """A CUDA device this machine lacks, refused before anything runs."""
-        from stages.common.device import device_issues
-
-        return device_issues(self.device)
 
     @field_validator("normalize")
     @classmethod
@@ -152,10 +141,12 @@ class Params(KindParams):
 
     @model_validator(mode="after")
     def _something(self) -> Params:
-        if not (self.text or self.instructions or self.lm_eval_tasks):
+        if not (
+            self.text or self.instructions or self.choices_file or self.lm_eval_tasks
+        ):
             raise ValueError(
                 "give at least one of text (a text dataset), instructions (an "
-                "instruction or chat dataset) or lm_eval_tasks"
+                "instruction or chat dataset), choices_file or lm_eval_tasks"
             )
         if self.lm_eval_include and not self.lm_eval_tasks:
             raise ValueError(
@@ -175,6 +166,8 @@ def model_files(params: Params, name: str) -> list[str]:
         out.append(f"documents/{name}.jsonl")
     if params.instructions:
         out += [f"predictions/{name}.jsonl", f"answers/{name}.jsonl"]
+    if params.choices_file:
+        out.append(f"choices/{name}.jsonl")
     if params.lm_eval_tasks:
         out.append(f"lm_eval/{name}.json")
     return out
@@ -214,7 +207,7 @@ def paper_nll(
     import torch
     import torch.nn.functional as F
 
-    from stages.evaluate.perplexity import model_device
+    from stages.common.device import model_device
     from stages.evaluate.scoring import paper_windows
 
     windows = paper_windows(ids, seqlen)
@@ -365,6 +358,29 @@ def score_instructions(
     return res
 
 
+def score_choices(
+    model: Any,
+    tok: Any,
+    items: list[dict[str, Any]],
+    params: Params,
+    ctx: RunContext,
+    out_dir: Path | None,
+    name: str,
+) -> dict[str, float]:
+    """``mc/acc`` and ``mc/acc_norm`` (lm-eval's multiple_choice scoring)."""
+    from stages.common.io import write_jsonl
+    from stages.evaluate.multiple_choice import score_items
+
+    max_len = params.max_len or context_length(model)
+    rows = score_items(
+        model, tok, items, max_len, params.batch_size, ctx.progress, by_length=True
+    )
+    if out_dir is not None:
+        (out_dir / "choices").mkdir(exist_ok=True)
+        write_jsonl(rows, out_dir / "choices" / f"{name}.jsonl")
+    return {f"mc/{k}": sum(r[k] for r in rows) / len(rows) for k in ("acc", "acc_norm")}
+
+
 def score_tasks(
     model: Any,
     tok: Any,
@@ -401,10 +417,17 @@ def result_key(params: Params, model_fp: str, data_fps: list[str], device: str) 
     from pipelines.code import code_files, code_version
 
     root = Path(__file__).resolve().parents[2]
-    mods = [__name__, "stages.evaluate.perplexity", "stages.evaluate.generation"]
+    mods = [
+        __name__,
+        "stages.evaluate.perplexity",
+        "stages.evaluate.generation",
+        "stages.evaluate.multiple_choice",
+    ]
     code = code_version(code_files(mods, root), root)
     blob = params.model_dump_json(exclude={"models", "compare"})
     blob += f"|{model_fp}|{'|'.join(data_fps)}|{device}|{code}"
+    if params.choices_file:
+        blob += "|" + hashlib.sha256(Path(params.choices_file).read_bytes()).hexdigest()
     if params.lm_eval_include:
         folder = Path(params.lm_eval_include)
         for f in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -449,6 +472,8 @@ def score_model(
     if "instructions" in data:
         recs = data["instructions"]
         res |= score_instructions(model, tok, recs, params, ctx, out_dir, name)
+    if "choices" in data:
+        res |= score_choices(model, tok, data["choices"], params, ctx, out_dir, name)
     if params.lm_eval_tasks:
         res |= score_tasks(model, tok, params, ctx, out_dir, name)
     del model
@@ -486,6 +511,13 @@ def load_inputs(params: Params, inputs: dict[str, Any]) -> dict[str, list]:
                     "a text dataset as text: for perplexity)"
                 )
         data["instructions"] = recs
+    if params.choices_file:
+        from stages.evaluate.multiple_choice import file_items
+
+        items = file_items(Path(params.choices_file))[: params.max_samples]
+        if not items:
+            raise ValueError(f"choices_file: {params.choices_file} holds no item")
+        data["choices"] = items
     return data
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stages.common.device import model_device
+
 
 def prompt_ids(
     tokenizer: Any, rec: dict[str, Any], template: str | None = None
@@ -48,7 +50,7 @@ def greedy_generate(
     order = list(range(len(records)))
     if by_length:
         order.sort(key=lambda i: -len(prompts[i]))
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     batches = range(0, len(records), batch_size)
     if progress is not None:
         batches = progress(batches, "generate", total=len(batches))

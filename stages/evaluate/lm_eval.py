@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from stages.common.device import model_device
 from stages.common.io import write_jsonl
 
 WORLD_TASK = "carp_world_ppl"
@@ -112,7 +113,7 @@ def run_tasks(
         tokenizer=tokenizer,
         batch_size=batch_size,
         max_length=max_length,
-        device=str(next(model.parameters()).device),
+        device=str(model_device(model)),
         # bos is the rolling windows' context (prefix_token_id), never a
         # scored token: lm-eval 0.4.13 otherwise keeps the tokenizer's own
         # add-bos default and scores bos after bos

@@ -163,7 +163,6 @@ def score(
     """``mc/acc`` and ``mc/acc_norm`` over every item; writes
     ``choices/<name>.jsonl`` when ``out_dir`` is set."""
     from stages.evaluate.exact_match import eval_sets
-    from stages.evaluate.perplexity import windows_nll
 
     template = getattr(params, "template", None)
     if params.choices_file:
@@ -173,14 +172,42 @@ def score(
         items = world_items(sets, params.mc_choices, ctx.seed, template)
     if not items:
         raise ValueError("multiple_choice: no items to score (empty choices file?)")
+    rows = score_items(
+        model,
+        tokenizer,
+        items,
+        params.max_len,
+        params.batch_size,
+        ctx.progress,
+        template,
+    )
+    if out_dir is not None:
+        (out_dir / "choices").mkdir(exist_ok=True)
+        write_jsonl(rows, out_dir / "choices" / f"{name}.jsonl")
+    return {f"mc/{k}": sum(r[k] for r in rows) / len(rows) for k in ("acc", "acc_norm")}
+
+
+def score_items(
+    model: Any,
+    tokenizer: Any,
+    items: list[dict[str, Any]],
+    max_len: int,
+    batch_size: int,
+    progress: Any = None,
+    template: str | None = None,
+    by_length: bool = False,
+) -> list[dict[str, Any]]:
+    """Per item: ``acc``, ``acc_norm`` and the options' log-likelihoods."""
+    from stages.evaluate.perplexity import windows_nll
+
     windows = []
     for it in items:
         for c in it["choices"]:
             ctx_ids, cont = option_pair(tokenizer, it, c, template)
-            windows.append(_truncate(ctx_ids, cont, params.max_len))
+            windows.append(_truncate(ctx_ids, cont, max_len))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     nll = windows_nll(
-        model, windows, pad, params.batch_size, ctx.progress, "multiple choice"
+        model, windows, pad, batch_size, progress, "multiple choice", by_length
     )
     rows, start = [], 0
     for it in items:
@@ -188,10 +215,7 @@ def score(
         start += len(it["choices"])
         m = choice_metrics(lls, it["choices"], it["answer"])
         rows.append({"id": it["id"], "family": it["family"], **m, "lls": lls})
-    if out_dir is not None:
-        (out_dir / "choices").mkdir(exist_ok=True)
-        write_jsonl(rows, out_dir / "choices" / f"{name}.jsonl")
-    return {f"mc/{k}": sum(r[k] for r in rows) / len(rows) for k in ("acc", "acc_norm")}
+    return rows
 
 
 def _truncate(context: list[int], cont: list[int], max_len: int) -> tuple:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from stages.common.device import model_device
 from stages.common.io import write_jsonl
 from stages.evaluate.scoring import (
     bits_per_byte,
@@ -85,11 +86,6 @@ def windows_nll(
         for i, v in zip(idx, nll, strict=True):
             out[i] = v
     return out
-
-
-def model_device(model: Any) -> Any:
-    """The device of a model's first parameter (where its inputs go)."""
-    return next(model.parameters()).device
 
 
 def rolling_nll(

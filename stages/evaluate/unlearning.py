@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contract import RunContext
+from stages.common.device import model_device
 from stages.common.io import read_jsonl
 from stages.common.text import IGNORE_INDEX, encode_example
 from stages.evaluate.generation import greedy_generate, left_pad
@@ -108,8 +109,10 @@ def membership_scores(
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             att[i, : len(r)] = 1
+        dev = model_device(model)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
+            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits
+        logits = logits.cpu()  # (B, T, V): the statistics on the host
         for i, r in enumerate(rows):
             n = len(r)
             tgt, mu, var = token_stats(logits[i, : n - 1], ids[i, 1:n])
@@ -131,16 +134,17 @@ def continue_ids(
     out: list[list[int]] = []
     for s in range(0, len(prefixes), batch_size):
         ids, mask = left_pad(prefixes[s : s + batch_size], pad)
+        dev = model_device(model)
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
                 max_new_tokens=budget,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tok.eos_token_id,
             )
-        out.extend(gen[:, ids.shape[1] :].tolist())
+        out.extend(gen[:, ids.shape[1] :].cpu().tolist())
     return out
 
 

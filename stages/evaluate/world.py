@@ -179,9 +179,11 @@ def score_model(
     out_dir: Path | None,
     ctx: RunContext,
     cache: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """All suites on one model; read from / written to ``cache`` when given
-    (the cache keeps the suites' per-model files too, e.g. predictions)."""
+    """All suites on one model on ``device``; read from / written to ``cache``
+    when given (the cache keeps the suites' per-model files too, e.g.
+    predictions)."""
     import shutil
 
     files = _model_files(params, model_dir.name)
@@ -192,9 +194,10 @@ def score_model(
                 (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(saved, out_dir / rel)
         return json.loads(cache.read_text())
-    from stages.common.io import load_model
+    from stages.common.device import load_on
 
-    model, tok = load_model(model_dir), _tokenizer(model_dir, world_dir)
+    model = load_on(model_dir, device, params.dtype)
+    tok = _tokenizer(model_dir, world_dir)
     res: dict[str, float] = {}
     for suite in params.suites:
         res.update(
@@ -243,10 +246,12 @@ def evaluate(
 ) -> StageResult:
     """Score every model, add intervals and paired differences, then write the
     table, CSV and chart."""
+    from stages.common.device import require_device
     from stages.evaluate.compare import compare
     from stages.evaluate.report import bar_chart, markdown_table, write_csv
     from stages.evaluate.seeds import seed_summary, seed_table
 
+    device = require_device(params.device, ctx.name.split("@")[0])
     world = Path(inputs["data"])
     dirs = [Path(p) for p in inputs["models"]]
     names = [d.name for d in dirs]
@@ -255,7 +260,7 @@ def evaluate(
     results = {}
     for i, d in enumerate(ctx.progress(dirs, "models", total=len(dirs))):
         cache = _cache_file(params, ctx, i, d)
-        results[d.name] = score_model(params, d, world, out_dir, ctx, cache)
+        results[d.name] = score_model(params, d, world, out_dir, ctx, cache, device)
     for suite in params.suites:
         relate = getattr(SUITES.load(suite), "compare", None)
         if relate is not None and params.oracle is not None:
@@ -280,4 +285,9 @@ def evaluate(
         for m, res in [*results.items(), *diffs.items(), *seeds]
         for k, v in res.items()
     }
-    return StageResult(metrics=metrics, plots=plots, summary=table)
+    return StageResult(
+        metrics=metrics,
+        plots=plots,
+        summary=table,
+        extra_manifest={"device": device, "dtype": params.dtype},
+    )

@@ -385,3 +385,50 @@ def test_carp_refuses_cuda_before_any_stage_runs(
     assert run.returncode == 2 and "stages.e.device: 'cuda'" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "artifacts").exists()  # nothing ran
+
+
+def test_multiple_choice_file_scores_options_as_lm_eval(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """acc / acc_norm per item equal the argmax of each option's summed
+    log-probability (per character for acc_norm), computed here one option
+    at a time from bos + question."""
+    import torch
+
+    from stages.common.io import load_model, load_tokenizer
+
+    rng = random.Random(5)
+    items = []
+    for i in range(6):
+        opts = rng.sample(WORDS, 3)
+        items.append({"id": f"q{i}", "question": f"pick {opts[1]}:", "choices": opts})
+        items[-1]["answer"] = 1 if i % 2 else opts[0]  # an index or the text
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(it) + "\n" for it in items))
+    p = Params(models=["base", "pruned"], choices_file=str(path), batch_size=5)
+    inputs = {"models": [str(world["base"]), str(world["pruned"])]}
+    m = run(p, inputs, tmp_path / "out", RunContext()).metrics
+    model, tok = load_model(world["base"]), load_tokenizer(world["base"])
+    rows = [json.loads(x) for x in (tmp_path / "out/choices/base.jsonl").open()]
+    for it, row in zip(items, rows, strict=True):
+        lls = []
+        for opt in it["choices"]:
+            ctx = [
+                tok.bos_token_id,
+                *tok(it["question"], add_special_tokens=False)["input_ids"],
+            ]
+            cont = tok(" " + opt, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+            lls.append(
+                sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+            )
+        gold = it["answer"] if isinstance(it["answer"], int) else 0
+        assert row["lls"] == pytest.approx(lls, abs=1e-6)
+        assert row["acc"] == float(max(range(3), key=lls.__getitem__) == gold)
+        norm = [v / len(o) for v, o in zip(lls, it["choices"], strict=True)]
+        assert row["acc_norm"] == float(max(range(3), key=norm.__getitem__) == gold)
+    assert m["base/mc/acc"] == sum(r["acc"] for r in rows) / len(rows)
+    assert m["base/mc/acc_lo"] <= m["base/mc/acc"] <= m["base/mc/acc_hi"]
+    assert "pruned-vs-base/mc/acc" in m

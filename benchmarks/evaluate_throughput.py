@@ -1,0 +1,235 @@
+"""Text-perplexity throughput of carp's evaluate `datasets` method against what
+a user would run instead, on the same model, documents and batch size, in the
+same process, interleaved round by round:
+
+* lm-eval protocol (rolling windows per document): carp's ``score_text``
+  against lm-evaluation-harness's HF backend (``HFLM`` + ``simple_evaluate`` on
+  a local ``loglikelihood_rolling`` task of the same documents; its task set-up
+  is built once before timing, as a user's warm cache would);
+* paper protocol (joined text, non-overlapping windows): carp against a bare
+  HF loop (batched forward + cross-entropy, the Wanda loop batched).
+
+Reports tokens/s of each and the ratio carp / baseline per round, with the mean
+ratio's 95% t-interval over the rounds. Target: >= 1.0x lm-eval, >= 0.95x the
+bare loop. Needs the lm-eval extra for the first comparison (skipped without).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/evaluate_throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+RESULTS = ROOT / "benchmarks" / "results"
+WORDS = (  # noqa: SIM905
+    "the model prunes sparse weights and recovers its layers on text while "
+    "calibration data shapes every mask of the pruned network"
+).split()
+
+TASK = """\
+task: bench_rolling
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+  cache_dir: {cache}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+"""
+
+
+def t_interval(xs: list[float]) -> tuple[float, float, float]:
+    from scipy import stats
+
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, m, m
+    h = stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+    return m, m - h, m + h
+
+
+def build(work: Path, hidden: int, layers: int, docs: int, seqlen: int):
+    import torch
+
+    from stages.common.io import load_tokenizer
+    from tests.tiny import bpe_tokenizer, tiny_llama, write_checkpoint
+
+    rng = random.Random(0)
+    texts = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(150, 600)))
+        for _ in range(docs)
+    ]
+    tok = bpe_tokenizer(texts, 1000)
+    heads = max(2, hidden // 64)
+    model = tiny_llama(
+        tok,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=heads,
+        max_positions=seqlen,
+    )
+    folder = write_checkpoint(model, tok, work / "model")
+    torch.manual_seed(0)
+    return model.eval(), load_tokenizer(folder), texts
+
+
+def bare_paper(model, tok, texts, seqlen, bs) -> int:
+    """Joined text, non-overlapping windows, batched forward + CE: the loop a
+    user writes by hand (the Wanda loop with a batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = tok("\n\n".join(texts), return_tensors="pt").input_ids[0]
+    n = ids.numel() // seqlen
+    windows = ids[: n * seqlen].view(n, seqlen)
+    total = 0.0
+    for s in range(0, n, bs):
+        x = windows[s : s + bs]
+        with torch.no_grad():
+            logits = model(x).logits[:, :-1].float()
+        total += float(
+            F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum")
+        )
+    return n * seqlen
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--docs", type=int, default=48)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    import torch
+
+    from pipelines.contract import RunContext
+    from stages.evaluate.datasets import Params, score_text
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="evaluate_throughput-", dir=RESULTS))
+    model, tok, texts = build(work, args.hidden, args.layers, args.docs, args.seqlen)
+    common = {"models": ["m"], "text": "t", "batch_size": args.batch_size}
+    p_roll = Params(**common, protocols=["lm_eval"], max_len=args.seqlen)
+    p_paper = Params(**common, protocols=["paper"], seqlen=args.seqlen)
+    ctx = RunContext()
+    n_roll = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+    lm_eval_run = None
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager, get_task_dict
+
+        data = work / "docs.jsonl"
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        (work / "bench_rolling.yaml").write_text(
+            TASK.format(data=json.dumps(str(data)), cache=json.dumps(str(work / "hf")))
+        )
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=tok,
+            batch_size=args.batch_size,
+            max_length=args.seqlen,
+            add_bos_token=False,
+        )
+        manager = TaskManager(include_path=[str(work)])
+
+        def lm_eval_run() -> float:
+            tasks = get_task_dict(["bench_rolling"], manager)
+            res = simple_evaluate(
+                model=lm, tasks=list(tasks.values()), bootstrap_iters=0
+            )
+            return res["results"]["bench_rolling"]["word_perplexity,none"]
+
+    except ImportError:
+        print("lm-eval not installed: its comparison is skipped")
+
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("carp_roll", "lm_eval", "carp_paper", "bare")
+    }
+    check = {}
+    for r in range(args.rounds + 1):  # round 0 warms every path up, untimed
+        order = ["carp_roll", "lm_eval", "carp_paper", "bare"]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            t0 = time.perf_counter()
+            if name == "carp_roll":
+                out = score_text(model, tok, texts, p_roll, ctx, None, "m")
+                check["carp_word_ppl"], n = out["word_perplexity"], n_roll
+            elif name == "lm_eval":
+                if lm_eval_run is None:
+                    continue
+                check["lm_eval_word_ppl"], n = lm_eval_run(), n_roll
+            elif name == "carp_paper":
+                out = score_text(model, tok, texts, p_paper, ctx, None, "m")
+                n = int(out["paper_windows"]) * args.seqlen
+            else:
+                n = bare_paper(model, tok, texts, args.seqlen, args.batch_size)
+            dt = time.perf_counter() - t0
+            if r:
+                rows[name].append(n / dt)
+    lines = [
+        "# evaluate throughput (tokens/s; ratio = carp / baseline per round)",
+        "",
+        f"model: Llama hidden {args.hidden}, {args.layers} layers; {args.docs} "
+        f"documents, {n_roll} tokens; seqlen/max_len {args.seqlen}; batch "
+        f"{args.batch_size}; {args.rounds} interleaved rounds; torch threads "
+        f"{torch.get_num_threads()}",
+        "",
+        "| comparison | carp tok/s | baseline tok/s | ratio (mean, 95% t-interval) "
+        "| target |",
+        "|---|---|---|---|---|",
+    ]
+    result = {"args": vars(args), "check": check}
+    for label, ours, theirs, target in [
+        ("rolling: carp vs lm-eval HFLM", "carp_roll", "lm_eval", 1.0),
+        ("paper: carp vs bare HF loop", "carp_paper", "bare", 0.95),
+    ]:
+        if not rows[theirs]:
+            lines.append(f"| {label} | - | - | skipped | {target} |")
+            continue
+        ratios = [a / b for a, b in zip(rows[ours], rows[theirs], strict=True)]
+        m, lo, hi = t_interval(ratios)
+        lines.append(
+            f"| {label} | {statistics.median(rows[ours]):.0f} | "
+            f"{statistics.median(rows[theirs]):.0f} | {m:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"| >= {target} |"
+        )
+        result[ours + "_vs_" + theirs] = {"ratios": ratios, "mean": m, "ci": [lo, hi]}
+    if "lm_eval_word_ppl" in check:
+        rel = abs(check["carp_word_ppl"] / check["lm_eval_word_ppl"] - 1)
+        lines += [
+            "",
+            f"same number: word perplexity carp {check['carp_word_ppl']:.6f}, "
+            f"lm-eval {check['lm_eval_word_ppl']:.6f} (relative difference {rel:.1e})",
+        ]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "evaluate_throughput.md").write_text(text)
+    (RESULTS / "evaluate_throughput.json").write_text(json.dumps(result, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
