@@ -202,20 +202,23 @@ class Lineage:
 
     def log_dataset(self, run_id: str, path: Path, name: str, context: str) -> None:
         """``log_input`` for a JSONL dataset, referenced by its path (through the
-        client, not the fluent API, so concurrent stages do not share state)."""
+        client, not the fluent API, so concurrent stages do not share state):
+        digest = the content hash of its ``dataset.json`` (else of the file),
+        schema from the first rows, and tags ``carp.rows``, ``carp.shape`` and
+        ``carp.source``. The file is streamed, never read whole."""
         import warnings
 
-        import mlflow
-        import pandas as pd
         from mlflow.entities import DatasetInput, InputTag
 
-        df = pd.read_json(path, lines=True)
+        meta = dataset_meta(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source-type and int-schema hints
-            ds = mlflow.data.from_pandas(df, source=str(path.resolve()), name=name)
-            entity = ds._to_mlflow_entity()
-        tag = InputTag(key="mlflow.data.context", value=context)
-        self.client.log_inputs(run_id, [DatasetInput(dataset=entity, tags=[tag])])
+            entity = _meta_dataset(path, name, meta)._to_mlflow_entity()
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        for key in ("rows", "shape", "source"):
+            if meta.get(key) is not None:
+                tags.append(InputTag(key=f"carp.{key}", value=str(meta[key])[:500]))
+        self.client.log_inputs(run_id, [DatasetInput(dataset=entity, tags=tags)])
 
     def end(self, run_id: str, ok: bool, status: str | None = None) -> None:
         """FINISHED / FAILED, or ``status`` (KILLED for an interrupted run)."""
@@ -356,3 +359,57 @@ class StepLogger:
         while self.buffer:
             chunk, self.buffer = self.buffer[:1000], self.buffer[1000:]
             self.lineage.client.log_batch(self.run_id, metrics=chunk)
+
+
+SCHEMA_ROWS = 200  # rows read to infer a logged dataset's schema
+
+
+def dataset_meta(path: Path) -> dict[str, Any]:
+    """digest, rows, shape and source of a dataset's ``data.jsonl``, from the
+    ``dataset.json`` beside it where there is one (else hashed and counted)."""
+    import hashlib
+    import json
+
+    info: dict[str, Any] = {}
+    meta_file = Path(path).with_name("dataset.json")
+    if meta_file.is_file():
+        try:
+            info = json.loads(meta_file.read_text())
+        except ValueError:
+            info = {}
+    digest, rows = info.get("sha256"), info.get("count")
+    if digest is None or rows is None:
+        h, rows = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            for line in f:
+                h.update(line)
+                rows += bool(line.strip())
+        digest = h.hexdigest()
+    return {
+        "digest": str(digest)[:16],
+        "rows": rows,
+        "shape": info.get("shape") or "instruction",
+        "source": info.get("source"),
+    }
+
+
+def _meta_dataset(path: Path, name: str, meta: dict[str, Any]) -> Any:
+    import itertools
+    import json
+
+    import pandas as pd
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.utils import _infer_schema
+
+    with open(path, encoding="utf-8") as f:
+        head = [json.loads(x) for x in itertools.islice(f, SCHEMA_ROWS) if x.strip()]
+    schema = None
+    if head:
+        # nested fields (messages) as JSON text: the schema names every column
+        frame = pd.DataFrame(head).map(
+            lambda v: v if isinstance(v, str | int | float | bool) else json.dumps(v)
+        )
+        schema = _infer_schema(frame)
+    source = resolve_dataset_source(str(Path(path).resolve()))
+    return MetaDataset(source=source, name=name, digest=meta["digest"], schema=schema)

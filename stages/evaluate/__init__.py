@@ -99,7 +99,11 @@ def suite_modules(params: Any) -> list[str]:
 
 METHODS = Registry(
     "evaluate method",
-    {"world": "stages.evaluate.world", "datasets": "stages.evaluate.datasets"},
+    {
+        "world": "stages.evaluate.world",
+        "datasets": "stages.evaluate.datasets",
+        "lm_eval": "stages.evaluate.harness",
+    },
     base=Params,
     entry="evaluate",
 )

@@ -256,12 +256,56 @@ def pipeline_report(graph, layout, baseline: str | None = None) -> PipelineRepor
                 node.name if csv_file.stem == "loss" else f"{node.name}/{csv_file.stem}"
             ] = csv_file
     sections = pipeline_sections(evaluations, curves)
+    data = data_section(graph, layout, owned)
+    if data is not None:
+        sections.append(data)
     studies = [
         Section(title, text)
         for title, text in study_sections(graph, layout, owned, baseline)
     ]
     sections[len(evaluations) : len(evaluations)] = studies
     return PipelineReport(f"carp report: {mine}", sections, len(evaluations), skipped)
+
+
+def data_section(graph, layout, owned) -> Section | None:
+    """ "Data": every dataset a stage read (or a dataset stage wrote), with
+    its upstream stage, records, shape, source and content digest, from the
+    artifacts' ``dataset.json``."""
+    import json
+
+    def meta(name: str) -> dict | None:
+        f = layout.out(name) / "dataset.json"
+        try:
+            return json.loads(f.read_text()) if f.is_file() else None
+        except ValueError:
+            return None
+
+    rows = []
+    for node in graph.nodes.values():
+        if not owned(node):
+            continue
+        reads = [("(writes)", node.name)] if node.kind == "dataset" else []
+        for name, ref in node.inputs.items():
+            reads += [(name, r) for r in (ref if isinstance(ref, list) else [ref])]
+        for name, ref in reads:
+            info = meta(ref)
+            if info is None:
+                continue
+            source = str(info.get("source", "?")).replace("|", "/")[:80]
+            rows.append(
+                f"| {node.name} | {name} | {ref} | {info.get('count', '?')} | "
+                f"{info.get('shape', 'instruction')} | {source} | "
+                f"`{str(info.get('sha256', '?'))[:12]}` |"
+            )
+    if not rows:
+        return None
+    head = (
+        "Every dataset a stage read: its upstream stage, records, shape, source "
+        "and content digest (dataset.json).\n\n"
+        "| stage | input | from | records | shape | source | digest |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    return Section("Data", head + "\n".join(rows) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -149,6 +149,8 @@ def execute(
     metrics["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available():
         metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    from stages.prune.layerwise import resolve_device
+
     manifest = {
         "method": params.method,
         "pattern": params.pattern,
@@ -156,6 +158,8 @@ def execute(
         "masks_file": io.MASKS_FILE if has_masks else None,
         "calibration": calib.fingerprint,
         "sparsity_per_module": per_module,
+        "device": str(resolve_device(params.device)),  # where blocks ran
+        "dtype": params.dtype,
         **result.manifest,
     }
     summary = (

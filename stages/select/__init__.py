@@ -168,8 +168,20 @@ def run(
         reports=[REPORT_FILE],  # holds time per phase: not part of the fingerprint
         summary=f"{params.method}: selected {len(idx)} of {len(pool)} records "
         f"(budget {n}) from '{pool_dir.name}'",
-        extra_manifest={"selection_report": REPORT_FILE},
+        extra_manifest={"selection_report": REPORT_FILE, **_device_facts(params)},
     )
+
+
+def _device_facts(params: Any) -> dict[str, str]:
+    """Device and dtype a model-running selection scored on (none for the
+    methods that run no model)."""
+    from stages.common.device import pick_device
+    from stages.select.lmparams import LMParams
+
+    if not isinstance(params, LMParams):
+        return {}
+
+    return {"device": pick_device(params.device), "dtype": params.dtype}
 
 
 def _count(values: Any) -> dict[str, int]:

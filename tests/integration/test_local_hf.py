@@ -200,3 +200,6 @@ def check_evaluation(proj: Path) -> None:
     assert man["device"] == "cpu" and man["dtype"] == "auto"
     html = (proj / "reports" / "report.html").read_text()
     assert "perplexity (paper protocol)" in html and "ROUGE-L" in html
+    # the report names the data every stage read
+    assert "<h2>Data</h2>" in html or ">Data<" in html
+    assert "heldout_text" in html and "sharegpt.jsonl" in html

@@ -114,3 +114,9 @@ def test_lineage_one_parent_and_a_child_per_stage(tmp_path, toy_kinds, monkeypat
         1 / 3,
     ]
     assert b.inputs.dataset_inputs  # log_input of the upstream dataset
+    (di,) = b.inputs.dataset_inputs
+    a_meta = json.loads((tmp_path / "artifacts" / "a" / "dataset.json").read_text())
+    assert di.dataset.digest == a_meta["sha256"][:16]  # the content, not a path
+    tags = {t.key: t.value for t in di.tags}
+    assert tags["mlflow.data.context"] == "data"
+    assert tags["carp.rows"] == str(a_meta["count"])

@@ -258,6 +258,10 @@ def test_declaration_errors_name_the_field() -> None:
     with pytest.raises(ValidationError, match="lm_eval_include: name the tasks"):
         Params(models=["m"], text="t", lm_eval_include="tasks")
     assert "datasets" in METHODS
+    harness = METHODS.load("lm_eval").Params
+    with pytest.raises(ValidationError, match="lm_eval_tasks"):
+        harness(models=["m"])
+    assert harness(models=["m"], lm_eval_tasks=["t"]).lm_eval_tasks == ("t",)
 
 
 def test_text_shorter_than_a_window_and_text_records_as_instructions(

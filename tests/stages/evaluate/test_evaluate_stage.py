@@ -84,7 +84,7 @@ def test_stage_writes_table_csv_chart_and_flat_metrics(folders, tmp_path):
 def test_registry_lists_the_suites_and_params_validate():
     from stages.evaluate import SUITES
 
-    assert METHODS.names() == ["datasets", "world"]
+    assert METHODS.names() == ["datasets", "lm_eval", "world"]
     assert set(SUITES.names()) == {
         "perplexity",
         "exact_match",
