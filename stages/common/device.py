@@ -46,11 +46,11 @@ def pick_device(device: str) -> str:
 def cuda_problem(device: str) -> str | None:
     """Why ``device`` cannot run on this machine (a CUDA device or index it
     lacks), with the fix; None when it can."""
+    if check_device(device) in ("auto", "cpu"):
+        return None  # auto falls back to cpu: nothing to refuse (and no torch)
     import torch
 
-    dev = pick_device(check_device(device))
-    if not dev.startswith("cuda"):
-        return None
+    dev = device
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(dev.split(":", 1)[1]) if ":" in dev else 0
     if index < n:

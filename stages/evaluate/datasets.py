@@ -1,6 +1,7 @@
 """Evaluation on any dataset: perplexity of a text dataset, generation on an
-instruction or chat dataset, and lm-evaluation-harness tasks, for every model,
-with 95% intervals and paired differences between models on the same items.
+instruction or chat dataset, multiple choice and lm-evaluation-harness tasks,
+for every model, with 95% intervals and paired differences between models on
+the same items.
 
 * ``text`` (text records): perplexity in the declared ``protocols``:
   ``paper`` is Wanda/SparseGPT's ``eval_ppl`` (documents joined by a blank

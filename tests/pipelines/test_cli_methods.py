@@ -14,6 +14,8 @@ from pipelines.cli import main
         (
             "evaluate",
             [
+                "datasets",
+                "lm_eval",
                 "world",
                 "exact_match",
                 "lm_eval",
