@@ -4,8 +4,9 @@ same process, interleaved round by round:
 
 * lm-eval protocol (rolling windows per document): carp's ``score_text``
   against lm-evaluation-harness's HF backend (``HFLM`` + ``simple_evaluate`` on
-  a local ``loglikelihood_rolling`` task of the same documents; its task set-up
-  is built once before timing, as a user's warm cache would);
+  a local ``loglikelihood_rolling`` task of the same documents; each timed run
+  includes lm-eval building its requests from the task, with the datasets
+  cache warm after the untimed round 0, as a user's second run would);
 * paper protocol (joined text, non-overlapping windows): carp against a bare
   HF loop (batched forward + cross-entropy, the Wanda loop batched).
 

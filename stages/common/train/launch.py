@@ -75,12 +75,6 @@ def load_builder(spec: str) -> Callable[[dict[str, Any], str], Any]:
     return getattr(importlib.import_module(mod), fn)
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class StepSink:
     """Forwards step records to MLflow (via ctx) and advances a progress bar."""
 
@@ -103,12 +97,13 @@ class StepSink:
 
 def run_inprocess(job: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Build the task here and train it with the plain PyTorch backend."""
+    from stages.common.device import require_device
     from stages.common.train.loop import train
     from stages.common.train.schedule import total_steps
     from stages.common.train.torch_backend import TorchBackend
 
     cfg = job_params(job)
-    device = default_device()
+    device = require_device(cfg.device, job["kind"])
     task = load_builder(job["builder"])(job, device)
     total = total_steps(
         len(task.examples), cfg.micro_batch * cfg.grad_accum, cfg.epochs, cfg.steps

@@ -171,6 +171,12 @@ class TrainParams(StageParams):
         le=1_048_576,
         description="Tokens per example (prompt is cut from the left).",
     )
+    device: str = Field(
+        "auto",
+        description="Torch device of the in-process launcher (`auto`: cuda when "
+        "present, else cpu; `cpu`, `cuda`, `cuda:N`); DeepSpeed puts each rank "
+        "on its own GPU.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Training precision; fp16 needs `launcher: deepspeed` "
@@ -191,6 +197,19 @@ class TrainParams(StageParams):
         default_factory=DeepSpeedParams,
         description="DeepSpeed settings, read when `launcher: deepspeed`.",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        from stages.common.device import check_device
+
+        return check_device(v)
+
+    def local_issues(self, base: Path) -> list[tuple[str, str]]:
+        """A CUDA device this machine lacks, refused before anything runs."""
+        from stages.common.device import device_issues
+
+        return device_issues(self.device) if self.launcher == "none" else []
 
     @model_validator(mode="after")
     def _check_precision(self) -> TrainParams:
