@@ -4,6 +4,7 @@ self-contained page (every image inline, nothing fetched from the network)."""
 from __future__ import annotations
 
 import base64
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,8 +43,22 @@ def fake_run(root: Path) -> SimpleNamespace:
     plots = root / "reports" / "recover" / "plots"
     plots.mkdir(parents=True)
     (plots / "loss.csv").write_text("step,loss\n1,2.0\n2,1.5\n3,1.2\n")
+    sel = root / "artifacts" / "sel"
+    sel.mkdir(parents=True)
+    meta = {
+        "count": 12,
+        "shape": "chat",
+        "source": "data/chats.jsonl",
+        "sha256": "ab" * 32,
+    }
+    (sel / "dataset.json").write_text(json.dumps(meta))
+    inputs = {
+        "base": {},
+        "recover": {"model": "base", "data": "sel"},
+        "eval": {"models": ["base", "recover"]},
+    }
     nodes = {
-        n: SimpleNamespace(name=n, kind=k)
+        n: SimpleNamespace(name=n, kind=k, inputs=inputs[n])
         for n, k in [("base", "pretrain"), ("recover", "recover"), ("eval", "evaluate")]
     }
     header = SimpleNamespace(pipeline="demo", report=ReportSpec())
@@ -58,6 +73,9 @@ def test_report_page_is_self_contained_with_tables_and_plots(tmp_path: Path):
     refs.feed(page)
     assert refs.urls and all(u.startswith("data:image/png;base64,") for u in refs.urls)
     assert not refs.tags & {"script", "link", "iframe", "object"}
+    # the Data section names what each stage read: recover's data is sel's
+    assert "<h2>Data</h2>" in page
+    assert "data/chats.jsonl" in page and "abababababab" in page
     assert "http://" not in page and "https://" not in page
     for u in refs.urls:  # two figures: per-family bars and the loss curve
         assert base64.b64decode(u.split(",", 1)[1])[:4] == b"\x89PNG"
