@@ -119,6 +119,13 @@ class Params(KindParams):
     num_fewshot: int | None = Field(
         None, ge=0, description="lm-eval tasks: few-shot examples (task default)."
     )
+    lm_eval_bootstrap: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="lm-eval tasks: bootstrap resamples of lm-eval's standard "
+        "errors (the table's 95% intervals are value ∓ 1.96 × stderr; 0: none).",
+    )
     compare: Literal["all", "first"] = Field(
         "all",
         description="Paired differences: every pair of models, or each against "
@@ -404,6 +411,7 @@ def score_tasks(
         limit=params.max_samples,
         seed=ctx.seed,
         num_fewshot=params.num_fewshot,
+        bootstrap_iters=params.lm_eval_bootstrap,
     )
     if res is None:
         return {}

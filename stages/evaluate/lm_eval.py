@@ -69,19 +69,37 @@ def world_task(world_dir: Path, folder: Path) -> Path:
     return folder
 
 
+Z95 = 1.959963984540054  # the normal quantile of a 95% interval
+
+
 def flat_results(results: dict[str, Any]) -> dict[str, float]:
     """``lm_eval/<task>/<metric>`` for every numeric result (lm-eval keys are
-    ``<metric>,<filter>``; the ``none`` filter is dropped, others kept)."""
+    ``<metric>,<filter>``; the ``none`` filter is dropped, others kept), and
+    ``_lo`` / ``_hi`` = value ∓ 1.96 × lm-eval's standard error where it
+    computed one (a normal 95% interval, as lm-eval's ± column)."""
     out: dict[str, float] = {}
     for task, res in results.get("results", {}).items():
         for key, value in res.items():
             if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
             metric, _, filt = key.partition(",")
-            if metric.endswith("_stderr") or metric == "alias":
+            if metric == "alias":
                 continue
+            stderr = metric.endswith("_stderr")
+            metric = metric.removesuffix("_stderr")
             name = metric if filt in ("", "none") else f"{metric}_{filt}"
-            out[f"lm_eval/{task}/{name}"] = float(value)
+            if not stderr:
+                out[f"lm_eval/{task}/{name}"] = float(value)
+        for key, value in res.items():
+            metric, _, filt = key.partition(",")
+            if not metric.endswith("_stderr") or not isinstance(value, int | float):
+                continue
+            base = metric.removesuffix("_stderr")
+            name = base if filt in ("", "none") else f"{base}_{filt}"
+            point = out.get(f"lm_eval/{task}/{name}")
+            if point is not None and value == value:  # not nan
+                out[f"lm_eval/{task}/{name}_lo"] = point - Z95 * float(value)
+                out[f"lm_eval/{task}/{name}_hi"] = point + Z95 * float(value)
     return out
 
 
@@ -96,6 +114,7 @@ def run_tasks(
     limit: int | float | None,
     seed: int,
     num_fewshot: int | None = None,
+    bootstrap_iters: int = 0,
 ) -> dict[str, Any] | None:
     """lm-eval's ``simple_evaluate`` on carp's loaded model *and* tokenizer
     (``HFLM`` on the model's own device); None on ranks other than 0."""
@@ -126,7 +145,7 @@ def run_tasks(
         task_manager=manager,
         num_fewshot=num_fewshot,
         limit=limit,
-        bootstrap_iters=0,
+        bootstrap_iters=bootstrap_iters,  # lm-eval's standard errors (0: none)
         log_samples=False,
         random_seed=seed,
         numpy_random_seed=seed,

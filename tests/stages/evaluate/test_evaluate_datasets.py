@@ -356,6 +356,10 @@ def test_lm_eval_protocol_equals_lm_eval_in_one_stage(
         "lm_eval/carp_local_ppl/word_perplexity"
         in (tmp_path / "out/table.md").read_text()
     )
+    # lm-eval gives perplexity rows no standard error ("N/A"): no bounds are
+    # made up for them; carp's own rows of the same number carry intervals
+    key = "base/lm_eval/carp_local_ppl/word_perplexity"
+    assert f"{key}_lo" not in m and "base/word_perplexity_lo" in m
 
 
 @pytest.mark.skipif(

@@ -11,7 +11,7 @@ from pipelines.contract import RunContext
 from stages.evaluate.lm_eval import flat_results
 
 
-def test_flat_results_name_task_and_metric_and_drop_stderr():
+def test_flat_results_name_task_and_metric_and_turn_stderr_into_bounds():
     res = {
         "results": {
             "carp_world_ppl": {
@@ -26,10 +26,13 @@ def test_flat_results_name_task_and_metric_and_drop_stderr():
             },
         }
     }
+    z = 1.959963984540054
     assert flat_results(res) == {
-        "lm_eval/carp_world_ppl/word_perplexity": 12.5,
+        "lm_eval/carp_world_ppl/word_perplexity": 12.5,  # "N/A": no bounds
         "lm_eval/carp_world_ppl/bits_per_byte": 1.25,
         "lm_eval/gsm/exact_match_strict-match": 0.5,
+        "lm_eval/gsm/exact_match_strict-match_lo": 0.5 - z * 0.1,
+        "lm_eval/gsm/exact_match_strict-match_hi": 0.5 + z * 0.1,
     }
 
 
