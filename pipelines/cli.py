@@ -459,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         with _sigterm_raises():
-            return args.fn(args)
+            rc = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers
+        return rc
     except DeclarationError as e:
         print(e, file=sys.stderr)
         return 2
@@ -475,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("carp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `carp methods | head`: the reader left, not an error
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as e:
         if _debug(args):
             raise

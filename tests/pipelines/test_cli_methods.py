@@ -57,3 +57,23 @@ def test_prune_states_the_nm_convention(capsys):
 def test_unknown_kind_is_a_clear_error(capsys):
     assert main(["methods", "prnue"]) == 2
     assert "did you mean 'prune'" in capsys.readouterr().err
+
+
+def test_methods_piped_into_head_ends_quietly():
+    """`carp methods | head -1`: the reader closing the pipe is not an error
+    (the pipe is closed before carp writes anything, so every write fails)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    carp = Path(sys.executable).with_name("carp")
+    proc = subprocess.Popen(
+        [carp, "methods", "evaluate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    assert "BrokenPipe" not in err and "failed" not in err and "Exception" not in err
