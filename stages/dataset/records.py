@@ -510,22 +510,30 @@ def batches(segments: list[Segment], srcs: dict[str, str]) -> Iterator[Any]:
     for seg in segments:
         ds = seg.source.ds
         keep = [c for c in srcs if c in ds.column_names]
-        part = ds.select_columns(keep).select(seg.rows, keep_in_memory=True)
-        for i in range(0, len(part), BATCH):
+        rows = seg.rows
+        if isinstance(rows, range) and rows.step == 1:
+            # a contiguous span (no sample): slice the table, no copy of it
+            part, offset = ds.select_columns(keep), rows.start
+        else:
+            part = ds.select_columns(keep).select(rows, keep_in_memory=True)
+            offset = 0
+        for i in range(0, len(rows), BATCH):
+            n = min(BATCH, len(rows) - i)
             try:
-                batch = part[i : i + BATCH]
+                batch = part[offset + i : offset + i + n]
             except UnicodeDecodeError:
-                raise CorruptDataError(not_utf8(seg, part, i)) from None
+                raise CorruptDataError(not_utf8(seg, part, i, offset)) from None
             cols = {srcs[c]: batch[c] for c in keep}
-            yield seg, i, cols, len(batch[keep[0]])
+            yield seg, i, cols, n
 
 
-def not_utf8(seg: Segment, part: Any, start: int) -> str:
+def not_utf8(seg: Segment, part: Any, start: int, offset: int = 0) -> str:
     """The first row of a batch whose text does not decode (Arrow keeps the
-    bytes; Python refuses them)."""
-    for j in range(start, min(start + BATCH, len(part))):
+    bytes; Python refuses them); ``start`` counts the segment's rows, and
+    ``part`` row ``offset + j`` is the segment's row j."""
+    for j in range(start, min(start + BATCH, len(seg.rows))):
         try:
-            part[j]
+            part[offset + j]
         except UnicodeDecodeError as e:
             return (
                 f"{where(seg, seg.rows[j])}: text that is not UTF-8 ({e.reason}, "
