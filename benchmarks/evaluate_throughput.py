@@ -43,22 +43,6 @@ WORDS = (  # noqa: SIM905
     "calibration data shapes every mask of the pruned network"
 ).split()
 
-TASK = """\
-task: bench_rolling
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-  cache_dir: {cache}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-"""
-
-
 MC_TASK = """\
 task: bench_mc
 dataset_path: json
@@ -217,10 +201,12 @@ def main() -> int:
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager, get_task_dict
 
+        from stages.evaluate.lm_eval import rolling_task_yaml
+
         data = work / "docs.jsonl"
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
         (work / "bench_rolling.yaml").write_text(
-            TASK.format(data=json.dumps(str(data)), cache=json.dumps(str(work / "hf")))
+            rolling_task_yaml("bench_rolling", data, work / "hf")
         )
         lm = HFLM(
             pretrained=model,

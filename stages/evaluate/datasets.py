@@ -33,8 +33,6 @@ resumes). Writes ``table.md``, ``windows/``, ``documents/``, ``predictions/``,
 from __future__ import annotations
 
 import hashlib
-import json
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -376,17 +374,13 @@ def score_choices(
     name: str,
 ) -> dict[str, float]:
     """``mc/acc`` and ``mc/acc_norm`` (lm-eval's multiple_choice scoring)."""
-    from stages.common.io import write_jsonl
-    from stages.evaluate.multiple_choice import score_items
+    from stages.evaluate.multiple_choice import choice_results, score_items
 
     max_len = params.max_len or context_length(model)
     rows = score_items(
         model, tok, items, max_len, params.batch_size, ctx.progress, by_length=True
     )
-    if out_dir is not None:
-        (out_dir / "choices").mkdir(exist_ok=True)
-        write_jsonl(rows, out_dir / "choices" / f"{name}.jsonl")
-    return {f"mc/{k}": sum(r[k] for r in rows) / len(rows) for k in ("acc", "acc_norm")}
+    return choice_results(rows, out_dir, name)
 
 
 def score_tasks(
@@ -455,23 +449,14 @@ def score_model(
     cache: Path | None = None,
 ) -> dict[str, float]:
     """Every declared evaluation of one model; from / into ``cache``."""
-    import shutil
-
     from stages.common.device import load_on
     from stages.common.io import load_tokenizer
+    from stages.evaluate.cache import load_cached, save_cached
 
     files = model_files(params, model_dir.name)
-
-    def saved(rel: str) -> Path:
-        assert cache is not None
-        return cache.with_name(f"{cache.stem}.{rel.replace('/', '.')}")
-
-    if cache is not None and cache.exists():
-        for rel in files:
-            if out_dir is not None and saved(rel).exists():
-                (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(saved(rel), out_dir / rel)
-        return json.loads(cache.read_text())
+    cached = load_cached(cache, files, out_dir)
+    if cached is not None:
+        return cached
     model = load_on(model_dir, device, params.dtype)
     tok = load_tokenizer(model_dir)
     name = model_dir.name
@@ -486,16 +471,7 @@ def score_model(
     if params.lm_eval_tasks:
         res |= score_tasks(model, tok, params, ctx, out_dir, name)
     del model
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        for rel in files:
-            if out_dir is not None and (out_dir / rel).exists():
-                shutil.copy2(out_dir / rel, saved(rel))
-        with tempfile.NamedTemporaryFile(
-            "w", dir=cache.parent, suffix=".tmp", delete=False
-        ) as f:
-            f.write(json.dumps(res))
-        Path(f.name).replace(cache)
+    save_cached(cache, files, out_dir, res)
     return res
 
 

@@ -48,6 +48,14 @@ metadata:
 """
 
 
+def rolling_task_yaml(task: str, data: Path, cache: Path) -> str:
+    """An lm-eval task YAML: ``loglikelihood_rolling`` over a local JSONL of
+    ``{"text": document}`` rows (word / byte perplexity, bits per byte)."""
+    return WORLD_TASK_YAML.format(
+        task=task, data=json.dumps(str(data)), cache=json.dumps(str(cache))
+    )
+
+
 def model_files(name: str) -> list[str]:
     """Files :func:`score` writes for model ``name`` (relative to out_dir)."""
     return [f"lm_eval/{name}.json"]
@@ -60,11 +68,7 @@ def world_task(world_dir: Path, folder: Path) -> Path:
 
     data = folder / "carp_world_ppl.jsonl"
     write_jsonl([{"text": d} for d in documents(world_dir)], data)
-    yaml_text = WORLD_TASK_YAML.format(
-        task=WORLD_TASK,
-        data=json.dumps(str(data)),
-        cache=json.dumps(str(folder / "hf-datasets")),
-    )
+    yaml_text = rolling_task_yaml(WORLD_TASK, data, folder / "hf-datasets")
     (folder / f"{WORLD_TASK}.yaml").write_text(yaml_text)
     return folder
 

@@ -181,6 +181,14 @@ def score(
         ctx.progress,
         template,
     )
+    return choice_results(rows, out_dir, name)
+
+
+def choice_results(
+    rows: list[dict[str, Any]], out_dir: Path | None, name: str
+) -> dict[str, float]:
+    """``mc/acc`` and ``mc/acc_norm`` over the items; ``choices/<name>.jsonl``
+    (per item, for intervals and paired differences) when ``out_dir`` is set."""
     if out_dir is not None:
         (out_dir / "choices").mkdir(exist_ok=True)
         write_jsonl(rows, out_dir / "choices" / f"{name}.jsonl")

@@ -12,7 +12,6 @@ and ``answers/<model>.jsonl``.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,16 +183,12 @@ def score_model(
     """All suites on one model on ``device``; read from / written to ``cache``
     when given (the cache keeps the suites' per-model files too, e.g.
     predictions)."""
-    import shutil
+    from stages.evaluate.cache import load_cached, save_cached
 
     files = _model_files(params, model_dir.name)
-    if cache is not None and cache.exists():
-        for rel in files:
-            saved = cache.with_name(f"{cache.stem}.{rel.replace('/', '.')}")
-            if out_dir is not None and saved.exists():
-                (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(saved, out_dir / rel)
-        return json.loads(cache.read_text())
+    cached = load_cached(cache, files, out_dir)
+    if cached is not None:
+        return cached
     from stages.common.device import load_on
 
     model = load_on(model_dir, device, params.dtype)
@@ -205,15 +200,7 @@ def score_model(
                 model, tok, world_dir, params, ctx, out_dir, model_dir.name
             )
         )
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        for rel in files:
-            if out_dir is not None and (out_dir / rel).exists():
-                saved = cache.with_name(f"{cache.stem}.{rel.replace('/', '.')}")
-                shutil.copy2(out_dir / rel, saved)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res))
-        tmp.replace(cache)
+    save_cached(cache, files, out_dir, res)
     return res
 
 

@@ -297,24 +297,6 @@ def test_cuda_is_refused_before_compute_without_one(world: dict[str, Path]) -> N
         require_device("cuda:1", "eval")
 
 
-LOCAL_TASK = """\
-task: carp_local_ppl
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-  cache_dir: {cache}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_lm_eval_protocol_equals_lm_eval_in_one_stage(
@@ -323,15 +305,15 @@ def test_lm_eval_protocol_equals_lm_eval_in_one_stage(
     """One stage scores the text with carp's lm_eval protocol and runs the same
     documents as a local lm-eval task: the word perplexities agree to 0.1%."""
     pytest.importorskip("lm_eval")
+    from stages.evaluate.lm_eval import rolling_task_yaml
+
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     data = tasks / "docs.jsonl"
     data.write_text((world["text"] / "data.jsonl").read_text())
     (tasks / "carp_local_ppl.yaml").write_text(
-        LOCAL_TASK.format(
-            data=json.dumps(str(data)), cache=json.dumps(str(tmp_path / "hf"))
-        )
+        rolling_task_yaml("carp_local_ppl", data, tmp_path / "hf")
     )
     p = Params(
         models=["base"],
